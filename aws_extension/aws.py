@@ -1,0 +1,128 @@
+"""The boto3 session, its clients, and translation of AWS failures into one clear sentence."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, Optional
+
+import boto3
+import botocore.exceptions as bex
+from botocore.config import Config
+
+from .config import Settings, default_bucket
+from .errors import ConfigError, NotFound, TransferError, UserError
+
+NO_CREDENTIALS = (
+    "No AWS credentials found: run `aws configure`, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "or run on an instance with a role."
+)
+NO_REGION = "No AWS region set: choose one in the settings, pass --region, or set AWS_REGION."
+
+
+class Aws:
+    """One user's AWS view: a session, cached clients, the account and the bucket."""
+
+    def __init__(self, settings: Optional[Settings] = None):
+        self.settings = settings or Settings.resolve()
+        try:
+            self.session = boto3.Session(profile_name=self.settings.profile, region_name=self.settings.region)
+        except bex.ProfileNotFound:
+            raise ConfigError(f"AWS profile '{self.settings.profile}' not found in ~/.aws/config or ~/.aws/credentials.")
+        self._clients: dict = {}
+        self._lock = threading.Lock()
+        self._account: Optional[str] = None
+
+    @property
+    def region(self) -> str:
+        region = self.session.region_name
+        if not region:
+            raise ConfigError(NO_REGION)
+        return region
+
+    def client(self, service: str):
+        with self._lock:
+            if service not in self._clients:
+                config = Config(
+                    retries={"mode": "standard", "max_attempts": 5},
+                    # one connection per part in flight, plus a few for listings
+                    max_pool_connections=self.settings.concurrency + 4,
+                    connect_timeout=10,
+                    read_timeout=120,
+                    # S3 rejects checksum trailers from some S3-compatible servers; we send our own checksums.
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                with translate():
+                    self._clients[service] = self.session.client(service, region_name=self.region, config=config)
+            return self._clients[service]
+
+    @property
+    def account_id(self) -> str:
+        if self._account is None:
+            with translate("reading the AWS account (sts:GetCallerIdentity)"):
+                self._account = self.client("sts").get_caller_identity()["Account"]
+        return self._account
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket or default_bucket(self.account_id, self.region)
+
+    def s3_uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, bex.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_not_found(exc: BaseException) -> bool:
+    code = error_code(exc)
+    if code in ("404", "NoSuchKey", "NoSuchUpload", "NoSuchBucket", "ResourceNotFound", "ObjectNotFound",
+                "NoSuchEntity", "ResourceNotFoundException"):
+        return True
+    message = str(exc)
+    return code == "ValidationException" and ("Could not find" in message or "does not exist" in message)
+
+
+def describe(exc: BaseException, what: str = "") -> UserError:
+    """Turn a boto failure into our error type, with a sentence that says what to do."""
+    where = f" while {what}" if what else ""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+        return ConfigError(NO_CREDENTIALS)
+    if isinstance(exc, bex.NoRegionError):
+        return ConfigError(NO_REGION)
+    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError,
+                        bex.ConnectTimeoutError)):
+        return TransferError(f"Cannot reach AWS{where}: {exc}. Check the network and the region.")
+    if isinstance(exc, bex.ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+        if code in ("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                    "InvalidAccessKeyId", "ExpiredToken", "ExpiredTokenException"):
+            return ConfigError(f"AWS rejected the credentials{where} ({code}): refresh or fix them.")
+        if code in ("AccessDenied", "AccessDeniedException", "403"):
+            return ConfigError(f"Access denied{where}: the credentials lack permission ({message}).")
+        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"):
+            return ConfigError(f"The bucket is in another region{where}: set the region it lives in ({message}).")
+        if code == "NoSuchBucket":
+            return ConfigError(f"The bucket does not exist{where}: run setup (`python -m aws_extension setup`).")
+        if is_not_found(exc):
+            return NotFound(f"Not found{where}: {message}")
+        return UserError(f"AWS error{where} ({code}): {message}")
+    if isinstance(exc, bex.BotoCoreError):
+        return UserError(f"AWS client error{where}: {exc}")
+    raise exc
+
+
+@contextlib.contextmanager
+def translate(what: str = "") -> Iterator[None]:
+    """Re-raise boto failures inside the block as UserError with a clear sentence."""
+    try:
+        yield
+    except (bex.BotoCoreError, bex.ClientError) as exc:
+        raise describe(exc, what) from exc

@@ -1,0 +1,1 @@
+"""Running without an AWS account: the emulator on loopback."""

@@ -1,0 +1,308 @@
+"""The multipart engine: a stream of bytes into one S3 object.
+
+Parts go up in parallel while the next ones are read, so memory stays at (concurrency + 1) parts whatever
+the size. The sha256 of the whole object is computed on the way; every part carries its CRC32, which S3
+checks, and the completed object's composite checksum is compared with ours. An upload cut off by the
+network or the user stays open in S3 and the next attempt resumes it (parts already there whose size and
+CRC32 match are not sent again); any other failure aborts it so nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
+
+import botocore.exceptions as bex
+
+from ..aws import Aws, describe, error_code
+from ..errors import Interrupted, TransferError, UserError
+
+MiB = 1024 * 1024
+MIN_PART = 8 * MiB  # S3's minimum is 5 MiB; 8 MiB is boto3's default and a good request size
+MAX_PARTS = 10_000
+
+
+@dataclass
+class Progress:
+    """What a surface shows for one item: bytes done of total (None while unknown)."""
+
+    item: str
+    done: int = 0
+    total: Optional[int] = None
+    state: str = "uploading"  # checking | uploading | done | skipped | failed | interrupted
+    message: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def part_size_for(total: Optional[int]) -> int:
+    """The smallest MiB-aligned part size that keeps a known size under 10,000 parts."""
+    if not total:
+        return 16 * MiB
+    needed = -(-total // MAX_PARTS)
+    return max(MIN_PART, -(-needed // MiB) * MiB)
+
+
+def crc32_b64(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def composite_crc32(part_checksums: List[str]) -> str:
+    """S3's checksum of a multipart object: CRC32 over the parts' CRC32 digests, then '-<parts>'."""
+    joined = b"".join(base64.b64decode(c) for c in part_checksums)
+    return f"{crc32_b64(joined)}-{len(part_checksums)}"
+
+
+def read_chunks(stream, part_size: int) -> Iterator[bytes]:
+    while True:
+        chunk = stream.read(part_size)
+        if not chunk:
+            return
+        # A stream may return short reads (sockets do): fill the part so every part but the last is full size.
+        while len(chunk) < part_size:
+            more = stream.read(part_size - len(chunk))
+            if not more:
+                break
+            chunk += more
+        yield chunk
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """Worth resuming later: the network, a busy server, or the user stopping it."""
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        return True
+    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError,
+                        bex.ConnectTimeoutError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, bex.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or error_code(exc) in ("SlowDown", "RequestTimeout", "InternalError")
+    return False
+
+
+@dataclass
+class SentObject:
+    key: str
+    size: int
+    sha256: str
+    parts_sent: int = 0
+    parts_reused: int = 0
+    resumed: bool = False
+
+
+@dataclass
+class _Remote:
+    upload_id: str
+    parts: Dict[int, dict] = field(default_factory=dict)
+
+
+class Cancelled(Interrupted):
+    pass
+
+
+class ObjectWriter:
+    """Writes one S3 object from chunks of `part_size` bytes (the last may be shorter)."""
+
+    def __init__(self, aws: Aws, key: str, item: str, progress: Optional[ProgressFn] = None,
+                 cancel: Optional[threading.Event] = None, concurrency: Optional[int] = None,
+                 content_type: str = "application/octet-stream"):
+        self.aws = aws
+        self.s3 = aws.client("s3")
+        self.key = key
+        self.item = item
+        self.progress = progress or (lambda p: None)
+        self.cancel = cancel or threading.Event()
+        self.concurrency = max(1, concurrency or aws.settings.concurrency)
+        self.content_type = content_type
+        self._stop = threading.Event()  # our own: a failed part stops the others, not the caller's batch
+
+    # -- public -------------------------------------------------------------------------------------
+    def write(self, chunks: Iterable[bytes], total: Optional[int], part_size: int) -> SentObject:
+        """Send every chunk; returns what was written. Raises Interrupted (resumable) or TransferError."""
+        chunks = iter(chunks)
+        first = next(chunks, b"")
+        second = next(chunks, None) if len(first) >= part_size else None
+        if second is None:
+            return self._put_single(first)
+        remote = self._find_open_upload() or self._create_upload()
+        try:
+            return self._send_parts(remote, _prepend(first, second, chunks), total, part_size)
+        except BaseException as exc:
+            if is_interruption(exc):
+                raise self._interrupted(exc) from exc
+            self._abort(remote.upload_id)
+            raise self._failed(exc) from exc
+
+    # -- single request for small objects -----------------------------------------------------------
+    def _put_single(self, body: bytes) -> SentObject:
+        self._check_cancel()
+        digest = hashlib.sha256(body)
+        try:
+            # S3 verifies the sha256 of a single PUT itself.
+            self.s3.put_object(
+                Bucket=self.aws.bucket, Key=self.key, Body=body, ContentType=self.content_type,
+                ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+            )
+        except BaseException as exc:
+            raise (self._interrupted(exc) if is_interruption(exc) else self._failed(exc)) from exc
+        self.progress(Progress(self.item, len(body), len(body)))
+        return SentObject(self.key, len(body), digest.hexdigest(), parts_sent=1)
+
+    # -- multipart ----------------------------------------------------------------------------------
+    def _find_open_upload(self) -> Optional[_Remote]:
+        """The newest open upload of this key, with its parts; older duplicates are aborted."""
+        try:
+            uploads = [
+                u for page in self.s3.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.aws.bucket, Prefix=self.key)
+                for u in page.get("Uploads", []) if u["Key"] == self.key
+            ]
+        except BaseException as exc:
+            raise describe(exc, f"looking for an interrupted upload of {self.key}") from exc
+        if not uploads:
+            return None
+        uploads.sort(key=lambda u: u["Initiated"])
+        for stale in uploads[:-1]:
+            self._abort(stale["UploadId"])
+        remote = _Remote(uploads[-1]["UploadId"])
+        try:
+            for page in self.s3.get_paginator("list_parts").paginate(
+                    Bucket=self.aws.bucket, Key=self.key, UploadId=remote.upload_id):
+                for part in page.get("Parts", []):
+                    remote.parts[part["PartNumber"]] = part
+        except BaseException as exc:
+            if error_code(exc) == "NoSuchUpload":  # aborted meanwhile (lifecycle rule, cleanup)
+                return None
+            raise describe(exc, f"listing the parts of an interrupted upload of {self.key}") from exc
+        return remote
+
+    def _create_upload(self) -> _Remote:
+        try:
+            created = self.s3.create_multipart_upload(
+                Bucket=self.aws.bucket, Key=self.key, ContentType=self.content_type, ChecksumAlgorithm="CRC32")
+        except BaseException as exc:
+            raise describe(exc, f"starting the upload of {self.key}") from exc
+        return _Remote(created["UploadId"])
+
+    def _send_parts(self, remote: _Remote, chunks: Iterator[bytes], total: Optional[int], part_size: int) -> SentObject:
+        sha = hashlib.sha256()
+        done_parts: Dict[int, dict] = {}
+        pending: Dict[Future, int] = {}
+        size = sent = reused = 0
+        done_bytes = 0
+        lock = threading.Lock()
+
+        def upload(number: int, body: bytes, checksum: str) -> dict:
+            self._check_cancel()
+            resp = self.s3.upload_part(
+                Bucket=self.aws.bucket, Key=self.key, UploadId=remote.upload_id, PartNumber=number,
+                Body=body, ChecksumCRC32=checksum,
+            )
+            return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": checksum, "Size": len(body)}
+
+        def settle(futures) -> None:
+            nonlocal done_bytes
+            for fut in futures:
+                pending.pop(fut)
+                part = fut.result()  # re-raises the part's failure
+                with lock:
+                    done_parts[part["PartNumber"]] = part
+                    done_bytes += part["Size"]
+                self.progress(Progress(self.item, done_bytes, total))
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-part") as pool:
+            try:
+                for number, chunk in enumerate(chunks, start=1):
+                    if number > MAX_PARTS:
+                        raise TransferError(f"{self.item}: larger than S3's 10,000 parts of {part_size // MiB} MiB.")
+                    self._check_cancel()
+                    sha.update(chunk)
+                    size += len(chunk)
+                    checksum = crc32_b64(chunk)
+                    old = remote.parts.get(number)
+                    if old and old["Size"] == len(chunk) and old.get("ChecksumCRC32") == checksum:
+                        done_parts[number] = {**old, "ChecksumCRC32": checksum}
+                        done_bytes += len(chunk)
+                        reused += 1
+                        self.progress(Progress(self.item, done_bytes, total))
+                        continue
+                    while len(pending) >= self.concurrency:  # bounded memory: wait for a slot
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        settle(finished)
+                    pending[pool.submit(upload, number, chunk, checksum)] = number
+                    sent += 1
+                    del chunk
+                settle(list(wait(pending).done))
+            except BaseException:
+                self._stop.set()  # stop queued parts quickly
+                for fut in pending:
+                    fut.cancel()
+                raise
+        if total is not None and size != total:
+            raise TransferError(f"{self.item}: expected {total} bytes but read {size}: the source changed or was cut short.")
+        parts = [done_parts[n] for n in sorted(done_parts)]
+        completed = self.s3.complete_multipart_upload(
+            Bucket=self.aws.bucket, Key=self.key, UploadId=remote.upload_id,
+            MultipartUpload={"Parts": [
+                {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumCRC32": p["ChecksumCRC32"]} for p in parts
+            ]},
+        )
+        self._verify(completed, size, [p["ChecksumCRC32"] for p in parts])
+        return SentObject(self.key, size, sha.hexdigest(), parts_sent=sent, parts_reused=reused,
+                          resumed=bool(remote.parts))
+
+    def _verify(self, completed: dict, size: int, checksums: List[str]) -> None:
+        """The object S3 assembled must be the bytes we read: same size, same composite CRC32."""
+        problem = ""
+        remote_sum = completed.get("ChecksumCRC32")
+        if remote_sum and remote_sum != composite_crc32(checksums):
+            problem = f"checksum {remote_sum} != {composite_crc32(checksums)}"
+        else:
+            head = self.s3.head_object(Bucket=self.aws.bucket, Key=self.key)
+            if head["ContentLength"] != size:
+                problem = f"size {head['ContentLength']} != {size}"
+        if problem:
+            self.s3.delete_object(Bucket=self.aws.bucket, Key=self.key)
+            raise TransferError(f"{self.item}: the uploaded object does not match the source ({problem}); it was removed.")
+
+    # -- endings ------------------------------------------------------------------------------------
+    def _abort(self, upload_id: str) -> None:
+        try:
+            self.s3.abort_multipart_upload(Bucket=self.aws.bucket, Key=self.key, UploadId=upload_id)
+        except Exception:  # already gone; the bucket's lifecycle rule is the backstop
+            pass
+
+    def _check_cancel(self) -> None:
+        if self._stop.is_set() or self.cancel.is_set():
+            raise Cancelled(f"{self.item}: upload stopped.")
+
+    def _interrupted(self, exc: BaseException) -> Interrupted:
+        why = "stopped" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else f"interrupted ({describe_short(exc)})"
+        return Interrupted(f"{self.item}: upload {why}; run it again to resume (sent parts are kept for a day).")
+
+    def _failed(self, exc: BaseException) -> TransferError:
+        if isinstance(exc, UserError):
+            return exc if isinstance(exc, TransferError) else TransferError(str(exc))
+        if isinstance(exc, (bex.BotoCoreError, bex.ClientError)):
+            return TransferError(f"{self.item}: {describe(exc, 'uploading')}")
+        if isinstance(exc, OSError):
+            return TransferError(f"{self.item}: cannot read the source: {exc.strerror or exc}.")
+        raise exc
+
+
+def describe_short(exc: BaseException) -> str:
+    if isinstance(exc, bex.ClientError):
+        return error_code(exc) or "server error"
+    return type(exc).__name__
+
+
+def _prepend(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield second
+    yield from rest

@@ -1,0 +1,154 @@
+"""Uploading model files from the machine's disk: allowed folders, skip identical, resume, record."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from ..aws import Aws
+from ..compat import BaseModel
+from ..errors import Interrupted, Refused, UserError
+from .catalog import ModelRecord, head_model, now_iso, read_record, write_record
+from .transfer import MiB, ObjectWriter, Progress, ProgressFn, part_size_for, read_chunks
+from .types import ModelType, check_file_name, has_model_extension, model_type
+
+
+class UploadResult(BaseModel):
+    """One item of an upload batch (a path or a URL): what happened to it."""
+
+    item: str
+    type: str
+    status: str  # uploaded | resumed | skipped | failed | interrupted
+    name: Optional[str] = None
+    key: Optional[str] = None
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    parts_sent: int = 0
+    parts_reused: int = 0
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("uploaded", "resumed", "skipped")
+
+
+def failed(item: str, t: ModelType, exc: UserError) -> UploadResult:
+    status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+    return UploadResult(item=item, type=t.id, status=status, error=str(exc))
+
+
+def store_model(aws: Aws, t: ModelType, name: str, item: str, chunks: Iterable[bytes], total: Optional[int],
+                part_size: int, source: str, description: Optional[dict] = None,
+                progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> UploadResult:
+    """Write the model and then its record; the record last, so a listed record means a whole model."""
+    writer = ObjectWriter(aws, t.key(name), item, progress, cancel)
+    sent = writer.write(chunks, total, part_size)
+    write_record(aws, ModelRecord(
+        type=t.id, name=name, key=sent.key, size=sent.size, sha256=sent.sha256, source=source,
+        description=description, uploaded_at=now_iso(),
+    ))
+    if progress:
+        progress(Progress(item, sent.size, sent.size, "done"))
+    return UploadResult(
+        item=item, type=t.id, status="resumed" if sent.resumed else "uploaded", name=name, key=sent.key,
+        size=sent.size, sha256=sent.sha256, parts_sent=sent.parts_sent, parts_reused=sent.parts_reused,
+    )
+
+
+# -- local paths ------------------------------------------------------------------------------------
+def within(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def expand_paths(paths: Iterable[str], allowed_roots: Sequence[str] = ()) -> List[Tuple[str, object]]:
+    """Each typed path → model files, or the reason it is refused. Links and `..` are resolved first."""
+    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+    out: List[Tuple[str, object]] = []
+    for raw in paths:
+        typed = raw.strip()
+        if not typed:
+            continue
+        path = Path(typed).expanduser().resolve()
+        if roots and not within(path, roots):
+            out.append((typed, Refused(f"{typed}: outside the allowed model folders ({', '.join(map(str, roots))}).")))
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and has_model_extension(p.name))
+            files = [p for p in files if not roots or within(p.resolve(), roots)]
+            if not files:
+                out.append((typed, Refused(f"{typed}: no model files directly inside this folder.")))
+            out.extend((str(p), p.resolve()) for p in files)
+        elif not path.is_file():
+            out.append((typed, Refused(f"{typed}: no such file.")))
+        else:
+            try:
+                check_file_name(path.name, typed)
+                out.append((typed, path))
+            except Refused as exc:
+                out.append((typed, exc))
+    return out
+
+
+def sha256_file(path: Path, progress: Optional[ProgressFn] = None, item: str = "") -> str:
+    digest, done, total = hashlib.sha256(), 0, path.stat().st_size
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(8 * MiB), b""):
+            digest.update(block)
+            done += len(block)
+            if progress:
+                progress(Progress(item, done, total, "checking"))
+    return digest.hexdigest()
+
+
+def already_there(aws: Aws, key: str, path: Path, size: int, progress: Optional[ProgressFn], item: str) -> Optional[str]:
+    """The sha256 when the cloud already holds this very file under this key (same size, same sha256)."""
+    head = head_model(aws, key)
+    if not head or head["ContentLength"] != size:
+        return None
+    record = read_record(aws, key)
+    if not record or not record.sha256:
+        return None
+    local = sha256_file(path, progress, item)
+    return local if local == record.sha256 else None
+
+
+def upload_file(aws: Aws, t: ModelType, path: Path, item: Optional[str] = None,
+                progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> UploadResult:
+    item = item or str(path)
+    name = check_file_name(path.name, item)
+    try:
+        size = path.stat().st_size
+        same = already_there(aws, t.key(name), path, size, progress, item)
+        if same:
+            if progress:
+                progress(Progress(item, size, size, "skipped"))
+            return UploadResult(item=item, type=t.id, status="skipped", name=name, key=t.key(name), size=size,
+                                sha256=same)
+        part_size = part_size_for(size)
+        with path.open("rb") as f:
+            return store_model(aws, t, name, item, read_chunks(f, part_size), size, part_size,
+                               source=f"file:{path}", progress=progress, cancel=cancel)
+    except OSError as exc:
+        raise UserError(f"{item}: cannot read the file: {exc.strerror or exc}.") from exc
+
+
+def upload_paths(aws: Aws, type_name: str, paths: Iterable[str], allowed_roots: Sequence[str] = (),
+                 progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> List[UploadResult]:
+    """Every path on its own: a refused or failed one does not stop the others."""
+    t = model_type(type_name)
+    results = []
+    for item, target in expand_paths(paths, allowed_roots):
+        if cancel is not None and cancel.is_set():
+            results.append(UploadResult(item=item, type=t.id, status="interrupted", error=f"{item}: not started (stopped)."))
+            continue
+        if isinstance(target, UserError):
+            results.append(failed(item, t, target))
+            continue
+        try:
+            results.append(upload_file(aws, t, target, item, progress, cancel))
+        except UserError as exc:
+            if progress:
+                progress(Progress(item, state="interrupted" if isinstance(exc, Interrupted) else "failed", message=str(exc)))
+            results.append(failed(item, t, exc))
+    return results

@@ -1,0 +1,48 @@
+"""Offline fixtures: moto on a loopback port for every AWS API, reset before each test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aws_extension.aws import Aws  # noqa: E402
+from aws_extension.bootstrap import setup  # noqa: E402
+from aws_extension.config import Settings  # noqa: E402
+from aws_extension.local.emulator import LocalEmulator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    em = LocalEmulator(creating_seconds=1.0).start()
+    yield em
+    em.stop()
+
+
+@pytest.fixture
+def aws_env(emulator, monkeypatch, tmp_path):
+    """The environment a user of the emulator has: endpoint URL, test keys, region, bucket, role, image."""
+    emulator.reset()
+    emulator.creating_seconds = 1.0
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    # never read the machine's own AWS files
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    env = emulator.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return dict(os.environ)
+
+
+@pytest.fixture
+def aws(aws_env) -> Aws:
+    """A session on the emulator with the bucket set up, as after `python -m aws_extension setup`."""
+    session = Aws(Settings.resolve())
+    setup(session)
+    return session
