@@ -44,7 +44,7 @@ class Aws:
         with self._lock:
             if service not in self._clients:
                 config = Config(
-                    retries={"mode": "standard", "max_attempts": 5},
+                    retries={"mode": "standard", "max_attempts": self.settings.max_attempts},
                     # one connection per part in flight, plus a few for listings
                     max_pool_connections=self.settings.concurrency + 4,
                     connect_timeout=10,

@@ -32,6 +32,8 @@ class Settings(BaseModel):
     allow_private_urls: bool = False
     # Parallel part transfers per upload.
     concurrency: int = 8
+    # Attempts per AWS request (botocore's standard retry mode: throttling, 5xx, dropped connections).
+    max_attempts: int = 5
 
     @classmethod
     def resolve(

@@ -226,7 +226,7 @@ class ObjectWriter:
                     size += len(chunk)
                     checksum = crc32_b64(chunk)
                     old = remote.parts.get(number)
-                    if old and old["Size"] == len(chunk) and old.get("ChecksumCRC32") == checksum:
+                    if old and same_part(old, chunk, checksum):
                         done_parts[number] = {**old, "ChecksumCRC32": checksum}
                         done_bytes += len(chunk)
                         reused += 1
@@ -294,6 +294,15 @@ class ObjectWriter:
         if isinstance(exc, OSError):
             return TransferError(f"{self.item}: cannot read the source: {exc.strerror or exc}.")
         raise exc
+
+
+def same_part(remote: dict, chunk: bytes, checksum: str) -> bool:
+    """A part already in S3 holds these bytes: by its CRC32 where S3 lists one, else by its MD5 ETag."""
+    if remote["Size"] != len(chunk):
+        return False
+    if remote.get("ChecksumCRC32"):
+        return remote["ChecksumCRC32"] == checksum
+    return remote.get("ETag", "").strip('"') == hashlib.md5(chunk).hexdigest()
 
 
 def describe_short(exc: BaseException) -> str:

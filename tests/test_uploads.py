@@ -1,0 +1,211 @@
+"""Uploads from the machine's disk: parallel parts, retries, resume, skip identical, refusals, cleanup."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from aws_extension.aws import Aws
+from aws_extension.bootstrap import setup
+from aws_extension.config import Settings
+from aws_extension.errors import Interrupted, TransferError
+from aws_extension.models.catalog import show_model
+from aws_extension.models.transfer import MiB, ObjectWriter
+from aws_extension.models.uploads import expand_paths, upload_paths
+from faultproxy import FaultProxy, fail_part
+
+PART = 8 * MiB
+
+
+@pytest.fixture
+def proxy(aws_env, emulator, monkeypatch):
+    with FaultProxy(emulator.url) as p:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.url)
+        yield p
+
+
+@pytest.fixture
+def s3aws(proxy) -> Aws:
+    """A session whose S3 traffic goes through the fault proxy; two attempts per request keep failures quick."""
+    aws = Aws(Settings.resolve(concurrency=3, max_attempts=2))
+    setup(aws)
+    return aws
+
+
+def make_file(path, size: int, seed: int = 1) -> bytes:
+    data = (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
+    data = bytes(b ^ (i % 251) for i, b in enumerate(data[:4096])) + data[4096:]
+    path.write_bytes(data)
+    return data
+
+
+def s3_bytes(aws: Aws, key: str) -> bytes:
+    return aws.client("s3").get_object(Bucket=aws.bucket, Key=key)["Body"].read()
+
+
+def open_uploads(aws: Aws) -> list:
+    return aws.client("s3").list_multipart_uploads(Bucket=aws.bucket).get("Uploads", [])
+
+
+def test_multipart_upload_lands_identical_with_record(s3aws, proxy, tmp_path):
+    data = make_file(tmp_path / "model.safetensors", 3 * PART + 12345)
+    seen = []
+    [result] = upload_paths(s3aws, "checkpoint", [str(tmp_path / "model.safetensors")], progress=seen.append)
+    assert result.status == "uploaded" and result.parts_sent == 4, result.error
+    assert s3_bytes(s3aws, "models/Stable-diffusion/model.safetensors") == data
+    model = show_model(s3aws, "checkpoint", "model.safetensors")
+    assert model.sha256 == hashlib.sha256(data).hexdigest() == result.sha256
+    assert model.size == len(data)
+    assert seen[-1].state == "done" and seen[-1].done == len(data)
+    assert 1 < proxy.max_in_flight <= 3  # parallel, and never more parts in memory than the concurrency
+
+
+def test_failed_and_cut_parts_are_retried(s3aws, proxy, tmp_path):
+    data = make_file(tmp_path / "lora.safetensors", 3 * PART)
+    proxy.rules = [fail_part({2}, 500, times=1), fail_part({3}, "cut", times=1)]
+    [result] = upload_paths(s3aws, "lora", [str(tmp_path / "lora.safetensors")])
+    assert result.status == "uploaded", result.error
+    assert proxy.parts_failed[2] == 1 and proxy.parts_failed[3] == 1
+    assert s3_bytes(s3aws, "models/Lora/lora.safetensors") == data
+    assert open_uploads(s3aws) == []
+
+
+def test_interrupted_upload_resumes_sending_only_missing_parts(s3aws, proxy, tmp_path):
+    path = tmp_path / "big.ckpt"
+    data = make_file(path, 5 * PART + 99)
+    proxy.rules = [fail_part({4, 5, 6}, "cut")]  # the network goes down for good after three parts
+    [first] = upload_paths(s3aws, "checkpoint", [str(path)])
+    assert first.status == "interrupted" and "run it again to resume" in first.error
+    assert len(open_uploads(s3aws)) == 1  # kept for the resume
+    assert show_model_missing(s3aws, "checkpoint", "big.ckpt")
+
+    proxy.rules, passed_before = [], dict(proxy.parts_passed)
+    proxy.reset_counts()
+    [second] = upload_paths(s3aws, "checkpoint", [str(path)])
+    assert second.status == "resumed"
+    assert second.parts_reused == sum(1 for n in (1, 2, 3) if passed_before.get(n)) == 3
+    assert sorted(proxy.parts_passed) == [4, 5, 6]  # only the missing parts travelled again
+    assert s3_bytes(s3aws, "models/Stable-diffusion/big.ckpt") == data
+    assert show_model(s3aws, "checkpoint", "big.ckpt").sha256 == hashlib.sha256(data).hexdigest()
+    assert open_uploads(s3aws) == []
+
+
+def show_model_missing(aws, type_name, name) -> bool:
+    try:
+        show_model(aws, type_name, name)
+    except Exception:
+        return True
+    return False
+
+
+def test_resume_resends_parts_whose_bytes_changed(s3aws, proxy, tmp_path):
+    path = tmp_path / "v.safetensors"
+    data = bytearray(make_file(path, 3 * PART + 5))
+    proxy.rules = [fail_part({3, 4}, "cut")]
+    assert upload_paths(s3aws, "vae", [str(path)])[0].status == "interrupted"
+    data[10] ^= 0xFF  # the file changed in part 1 before the second attempt
+    path.write_bytes(bytes(data))
+    proxy.rules = []
+    proxy.reset_counts()
+    [result] = upload_paths(s3aws, "vae", [str(path)])
+    assert result.status == "resumed" and result.parts_reused == 1  # part 2 reused, part 1 sent again
+    assert sorted(proxy.parts_passed) == [1, 3, 4]
+    assert s3_bytes(s3aws, "models/VAE/v.safetensors") == bytes(data)
+
+
+def test_permanent_failure_leaves_no_open_upload(s3aws, proxy, tmp_path):
+    make_file(tmp_path / "denied.safetensors", 3 * PART)
+    proxy.rules = [fail_part({2}, 403)]
+    [result] = upload_paths(s3aws, "lora", [str(tmp_path / "denied.safetensors")])
+    assert result.status == "failed" and "denied.safetensors" in result.error
+    assert open_uploads(s3aws) == []
+    assert show_model_missing(s3aws, "lora", "denied.safetensors")
+
+
+def test_unreadable_source_midway_aborts(s3aws, proxy):
+    def chunks():
+        yield b"a" * PART
+        yield b"b" * PART
+        raise OSError(5, "Input/output error")
+
+    writer = ObjectWriter(s3aws, "models/Lora/broken.safetensors", "broken.safetensors")
+    with pytest.raises(TransferError) as err:
+        writer.write(chunks(), None, PART)
+    assert "broken.safetensors" in str(err.value) and "Input/output error" in str(err.value)
+    assert open_uploads(s3aws) == []
+
+
+def test_stopping_keeps_the_upload_resumable(s3aws, proxy, tmp_path):
+    path = tmp_path / "stop.safetensors"
+    data = make_file(path, 4 * PART)
+    cancel = threading.Event()
+
+    def stop_after_first_part(p):
+        if p.done >= PART:
+            cancel.set()
+
+    [result] = upload_paths(s3aws, "lora", [str(path)], progress=stop_after_first_part, cancel=cancel)
+    assert result.status == "interrupted" and "stopped" in result.error
+    assert len(open_uploads(s3aws)) == 1
+    [again] = upload_paths(s3aws, "lora", [str(path)])
+    assert again.status == "resumed" and again.parts_reused >= 1
+    assert s3_bytes(s3aws, "models/Lora/stop.safetensors") == data
+
+
+def test_identical_file_is_skipped_without_sending(s3aws, proxy, tmp_path):
+    path = tmp_path / "same.safetensors"
+    make_file(path, PART + 7)
+    assert upload_paths(s3aws, "lora", [str(path)])[0].status == "uploaded"
+    proxy.reset_counts()
+    [again] = upload_paths(s3aws, "lora", [str(path)])
+    assert again.status == "skipped" and sum(proxy.parts_passed.values()) == 0
+    make_file(path, PART + 7, seed=2)  # same size, other bytes: uploaded again
+    assert upload_paths(s3aws, "lora", [str(path)])[0].status == "uploaded"
+
+
+def test_small_file_single_request(aws, tmp_path):
+    (tmp_path / "tiny.pt").write_bytes(b"x" * 1000)
+    [result] = upload_paths(aws, "embedding", [str(tmp_path / "tiny.pt")])
+    assert result.status == "uploaded" and result.key == "models/embeddings/tiny.pt"
+    assert s3_bytes(aws, "models/embeddings/tiny.pt") == b"x" * 1000
+
+
+def test_paths_outside_allowed_roots_are_refused(aws, tmp_path):
+    root = tmp_path / "models" / "Lora"
+    root.mkdir(parents=True)
+    (root / "ok.safetensors").write_bytes(b"1" * 100)
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"2" * 100)
+    (root / "link.safetensors").symlink_to(secret)
+    (root / "notes.txt").write_text("not a model")
+    typed = [str(root / "ok.safetensors"), str(root / ".." / ".." / "secret.safetensors"),
+             str(root / "link.safetensors"), str(root / "notes.txt"), str(root / "missing.ckpt")]
+    results = upload_paths(aws, "lora", typed, allowed_roots=[str(tmp_path / "models")])
+    by_item = {r.item: r for r in results}
+    assert by_item[typed[0]].status == "uploaded"
+    assert "outside the allowed model folders" in by_item[typed[1]].error
+    assert "outside the allowed model folders" in by_item[typed[2]].error
+    assert "not a model file" in by_item[typed[3]].error
+    assert "no such file" in by_item[typed[4]].error
+    assert [m["Key"] for m in aws.client("s3").list_objects_v2(Bucket=aws.bucket)["Contents"]] == [
+        "models/Lora/ok.safetensors", "models/Lora/ok.safetensors.json"]
+
+
+def test_a_directory_means_the_model_files_directly_inside(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(b"a")
+    (tmp_path / "b.ckpt").write_bytes(b"b")
+    (tmp_path / "readme.md").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.safetensors").write_bytes(b"c")
+    found = [os.path.basename(str(t)) for _, t in expand_paths([str(tmp_path)])]
+    assert found == ["a.safetensors", "b.ckpt"]
+
+
+def test_interrupted_error_type(s3aws, proxy):
+    proxy.rules = [fail_part({1, 2}, "cut")]
+    writer = ObjectWriter(s3aws, "models/Lora/x.safetensors", "x.safetensors")
+    with pytest.raises(Interrupted):
+        writer.write(iter([b"a" * PART, b"b" * PART]), 2 * PART, PART)
