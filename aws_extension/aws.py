@@ -28,7 +28,8 @@ class Aws:
         try:
             self.session = boto3.Session(profile_name=self.settings.profile, region_name=self.settings.region)
         except bex.ProfileNotFound:
-            raise ConfigError(f"AWS profile '{self.settings.profile}' not found in ~/.aws/config or ~/.aws/credentials.")
+            raise ConfigError(
+                f"AWS profile '{self.settings.profile}' not found in ~/.aws/config or ~/.aws/credentials.") from None
         self._clients: dict = {}
         self._lock = threading.Lock()
         self._account: Optional[str] = None

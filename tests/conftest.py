@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from aws_extension.aws import Aws  # noqa: E402
-from aws_extension.bootstrap import setup  # noqa: E402
-from aws_extension.config import Settings  # noqa: E402
-from aws_extension.local.emulator import LocalEmulator  # noqa: E402
+from aws_extension.aws import Aws
+from aws_extension.bootstrap import setup
+from aws_extension.config import Settings
+from aws_extension.local.emulator import LocalEmulator
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,105 @@
+"""The command line as a user types it, in a child process, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(env, *args, check_rc=None):
+    proc = subprocess.run([sys.executable, "-m", "aws_extension", *args], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_setup_upload_list_show_delete(aws_env, tmp_path):
+    assert "Bucket sd-webui-sagemaker-local" in cli(aws_env, "setup", check_rc=0).stdout
+    (tmp_path / "a.safetensors").write_bytes(b"a" * 2000)
+    (tmp_path / "b.pt").write_bytes(b"b" * 10)
+    up = cli(aws_env, "--json", "models", "upload", "--type", "LoRA", str(tmp_path), check_rc=0)
+    results = json.loads(up.stdout)
+    assert [r["status"] for r in results] == ["uploaded", "uploaded"]
+    listed = json.loads(cli(aws_env, "--json", "models", "list", check_rc=0).stdout)
+    assert {(m["type"], m["name"], m["size"]) for m in listed} == {("lora", "a.safetensors", 2000), ("lora", "b.pt", 10)}
+    assert json.loads(cli(aws_env, "--json", "models", "list", "--type", "vae", check_rc=0).stdout) == []
+    shown = json.loads(cli(aws_env, "--json", "models", "show", "--type", "Lora", "a.safetensors", check_rc=0).stdout)
+    assert shown["sha256"] == results[0]["sha256"] and len(shown["sha256"]) == 64
+    assert "a.safetensors" in cli(aws_env, "models", "list", check_rc=0).stdout
+    cli(aws_env, "models", "delete", "--type", "lora", "a.safetensors", check_rc=0)
+    gone = cli(aws_env, "models", "show", "--type", "lora", "a.safetensors", check_rc=1)
+    assert gone.stderr.startswith("error: ") and "a.safetensors" in gone.stderr
+
+
+def test_one_failed_item_exits_1_and_others_stay_done(aws_env, tmp_path):
+    cli(aws_env, "setup", check_rc=0)
+    (tmp_path / "good.ckpt").write_bytes(b"g" * 100)
+    proc = cli(aws_env, "models", "upload", "--type", "checkpoint", str(tmp_path / "good.ckpt"),
+               str(tmp_path / "missing.ckpt"), str(tmp_path), check_rc=1)
+    assert f"error: {tmp_path / 'missing.ckpt'}: no such file" in proc.stderr
+    assert "uploaded" in proc.stdout and "good.ckpt" in proc.stdout
+    assert "good.ckpt" in cli(aws_env, "models", "list", check_rc=0).stdout
+
+
+def test_bad_usage_exits_2(aws_env):
+    assert cli(aws_env, "models", "upload", check_rc=2).stderr
+    assert cli(aws_env, "endpoints", "deploy", "--endpoint-type", "batch", check_rc=2).stderr
+    bad_type = cli(aws_env, "models", "list", "--type", "unet", check_rc=1)
+    assert "Unknown model type 'unet'" in bad_type.stderr
+
+
+def test_clear_sentences_for_missing_settings(aws_env, tmp_path):
+    no_keys = {k: v for k, v in aws_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    assert "No AWS credentials found" in cli(no_keys, "models", "list", check_rc=1).stderr
+    no_region = {k: v for k, v in aws_env.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    assert "No AWS region set" in cli(no_region, "models", "list", check_rc=1).stderr
+    missing = cli(aws_env, "--bucket", "no-such-bucket-here", "models", "list", check_rc=1)
+    assert "does not exist" in missing.stderr and "setup" in missing.stderr
+    assert "profile 'nobody' not found" in cli(aws_env, "--profile", "nobody", "models", "list", check_rc=1).stderr
+
+
+def test_default_bucket_name_uses_account_and_region(aws_env):
+    env = {k: v for k, v in aws_env.items() if k != "SD_SAGEMAKER_BUCKET"}
+    out = cli(env, "setup", check_rc=0).stdout
+    assert "sd-webui-sagemaker-123456789012-us-east-1" in out
+
+
+def test_local_prints_exports_and_serves(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SD_SAGEMAKER"))}
+    env.update(PYTHONPATH=str(ROOT), AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    proc = subprocess.Popen([sys.executable, "-m", "aws_extension", "local", "--port", "0"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        exports = {}
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if line.startswith("export "):
+                name, _, value = line[7:].strip().partition("=")
+                exports[name] = value.strip("'")
+            elif line.startswith("#") or time.monotonic() > deadline:
+                break
+        assert {"AWS_ENDPOINT_URL", "AWS_REGION", "SD_SAGEMAKER_BUCKET", "AWS_ACCESS_KEY_ID"} <= set(exports)
+        second_shell = {**env, **exports}
+        assert "(none)" in cli(second_shell, "models", "list", check_rc=0).stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("group", ["models", "endpoints", "datasets"])
+def test_help_lists_commands(group):
+    out = subprocess.run([sys.executable, "-m", "aws_extension", group, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert "list" in out and "delete" in out
