@@ -1,0 +1,161 @@
+"""Our endpoints as SageMaker reports them: list (newest first), describe one, delete one with all its pieces."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+from ..aws import Aws, translate
+from ..compat import BaseModel
+from ..errors import NotFound, Refused, UserError
+from . import scaling
+
+log = logging.getLogger(__name__)
+
+
+class EndpointRecord(BaseModel):
+    name: str
+    type: str = "unknown"  # async | real-time | unknown
+    status: str
+    failure_reason: Optional[str] = None
+    instance_type: Optional[str] = None
+    instance_count: Optional[int] = None  # current, as SageMaker reports it
+    autoscaling: bool = False
+    min_instances: Optional[int] = None
+    max_instances: Optional[int] = None
+    scaling_applied: bool = False  # the actual autoscaling matches the wanted one (in the tags)
+    created: str = ""
+    last_modified: str = ""
+
+    @property
+    def label(self) -> str:
+        """What the endpoint dropdown shows: `esd-async-ab12c (InService, 2026-11-25 18:02)`."""
+        when = self.last_modified or self.created
+        try:
+            when = datetime.fromisoformat(when).strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            pass
+        return f"{self.name} ({self.status}, {when})" if when else f"{self.name} ({self.status})"
+
+
+def iso(moment) -> str:
+    if not isinstance(moment, datetime):
+        return str(moment or "")
+    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _describe_raw(aws: Aws, name: str) -> Optional[dict]:
+    try:
+        return aws.client("sagemaker").describe_endpoint(EndpointName=name)
+    except Exception as exc:
+        if scaling.missing(exc):
+            return None
+        with translate(f"reading endpoint {name}"):
+            raise
+
+
+def _instance_type(aws: Aws, config_name: Optional[str]) -> Optional[str]:
+    if not config_name:
+        return None
+    try:
+        variants = aws.client("sagemaker").describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    except Exception as exc:
+        if scaling.missing(exc):
+            return None  # the config was deleted under a live endpoint: still list the endpoint
+        with translate(f"reading endpoint config {config_name}"):
+            raise
+    return variants[0].get("InstanceType") if variants else None
+
+
+def _record(aws: Aws, raw: dict, tags: Dict[str, str], state: Optional[Dict[str, dict]]) -> EndpointRecord:
+    name = raw["EndpointName"]
+    # moto omits AsyncInferenceConfig from describe_endpoint; our own tag says the type either way
+    endpoint_type = tags.get(scaling.TAG_TYPE) or ("async" if raw.get("AsyncInferenceConfig") else "unknown")
+    wish = scaling.Scaling.from_tag(tags.get(scaling.TAG_SCALING))
+    variants = raw.get("ProductionVariants") or [{}]
+    return EndpointRecord(
+        name=name, type=endpoint_type, status=raw["EndpointStatus"], failure_reason=raw.get("FailureReason"),
+        instance_type=_instance_type(aws, raw.get("EndpointConfigName")),
+        instance_count=variants[0].get("CurrentInstanceCount"),
+        autoscaling=bool(wish and wish.enabled),
+        min_instances=wish.bounds(endpoint_type)[0] if wish else None,
+        max_instances=wish.bounds(endpoint_type)[1] if wish else None,
+        scaling_applied=state is not None and scaling.is_applied(state, name, endpoint_type, wish),
+        created=iso(raw.get("CreationTime")), last_modified=iso(raw.get("LastModifiedTime")),
+    )
+
+
+def _state(aws: Aws) -> Optional[Dict[str, dict]]:
+    try:
+        return scaling.scaling_state(aws)
+    except UserError as exc:  # e.g. no autoscaling permission: the list still works
+        log.warning("%s", exc)
+        return None
+
+
+def list_endpoints(aws: Aws, reconcile: bool = True) -> List[EndpointRecord]:
+    """Endpoints tagged ours, newest first; applies pending autoscaling first (listing is one trigger)."""
+    items = scaling.our_endpoints(aws)
+    if reconcile and items:
+        try:
+            scaling.reconcile_endpoints(aws, items)
+        except UserError as exc:  # a scaling problem must not hide the endpoints
+            log.warning("%s", exc)
+    state = _state(aws) if items else {}
+    found = []
+    for item in items:
+        raw = _describe_raw(aws, item["name"])
+        if raw is not None:  # deleted between the listing and now
+            found.append((raw.get("CreationTime"), _record(aws, raw, item["tags"], state)))
+    # by the full timestamp: the ISO text keeps whole seconds only
+    found.sort(key=lambda pair: (pair[0] or datetime.min.replace(tzinfo=timezone.utc), pair[1].name), reverse=True)
+    return [record for _, record in found]
+
+
+def describe(aws: Aws, name: str) -> EndpointRecord:
+    raw = _describe_raw(aws, name)
+    if raw is None:
+        raise NotFound(f"Endpoint '{name}' does not exist.")
+    return _record(aws, raw, scaling.tags_of(aws, raw["EndpointArn"]), _state(aws))
+
+
+def _ours_or_none(aws: Aws, kind: str, name: str) -> Optional[bool]:
+    """None if the model / endpoint config does not exist, else whether it is tagged ours."""
+    sm = aws.client("sagemaker")
+    try:
+        if kind == "model":
+            arn = sm.describe_model(ModelName=name)["ModelArn"]
+        else:
+            arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
+    except Exception as exc:
+        if scaling.missing(exc):
+            return None
+        with translate(f"reading {kind} {name}"):
+            raise
+    return scaling.is_ours(scaling.tags_of(aws, arn))
+
+
+def _delete(aws: Aws, kind: str, name: str) -> bool:
+    sm = aws.client("sagemaker")
+    calls = {"endpoint": (sm.delete_endpoint, "EndpointName"), "endpoint config": (sm.delete_endpoint_config,
+             "EndpointConfigName"), "model": (sm.delete_model, "ModelName")}
+    call, arg = calls[kind]
+    with translate(f"deleting the {kind} of endpoint {name}"):
+        return scaling.tolerant(call, **{arg: name})
+
+
+def delete_endpoint(aws: Aws, name: str) -> None:
+    """Scaling, endpoint, endpoint config, model: whatever is left of them. NotFound if nothing was."""
+    raw = _describe_raw(aws, name)
+    if raw is not None and not scaling.is_ours(scaling.tags_of(aws, raw["EndpointArn"])):
+        raise Refused(f"Endpoint '{name}' was not deployed by this tool: delete it in the SageMaker console.")
+    existed = scaling.remove_scaling(aws, name)
+    if raw is not None:
+        existed |= _delete(aws, "endpoint", name)
+    # a model or config of that name that someone else made is not ours to delete
+    for kind in ("endpoint config", "model"):
+        if _ours_or_none(aws, kind, name):
+            existed |= _delete(aws, kind, name)
+    if not existed:
+        raise NotFound(f"Endpoint '{name}' does not exist, and nothing of it is left to delete.")
