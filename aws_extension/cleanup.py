@@ -15,6 +15,7 @@ class Orphan(BaseModel):
     kind: str  # endpoint-config | model | scalable-target | scaling-policy | alarm | multipart-upload
     name: str
     detail: str = ""
+    ref: str = ""  # what removing it needs besides the name (a multipart upload's id)
 
 
 def open_uploads(aws: Aws) -> List[Orphan]:
@@ -24,15 +25,14 @@ def open_uploads(aws: Aws) -> List[Orphan]:
         for page in aws.client("s3").get_paginator("list_multipart_uploads").paginate(Bucket=aws.bucket):
             for upload in page.get("Uploads", []):
                 started = upload["Initiated"].astimezone(timezone.utc).replace(microsecond=0).isoformat()
-                found.append(Orphan(kind="multipart-upload", name=upload["Key"],
-                                    detail=f"upload id {upload['UploadId']}, started {started}"))
+                found.append(Orphan(kind="multipart-upload", name=upload["Key"], ref=upload["UploadId"],
+                                    detail=f"unfinished upload started {started}"))
     return found
 
 
 def abort_upload(aws: Aws, orphan: Orphan) -> None:
-    upload_id = orphan.detail.split(",")[0].replace("upload id ", "")
     with translate(f"aborting the open upload of {orphan.name}"):
-        aws.client("s3").abort_multipart_upload(Bucket=aws.bucket, Key=orphan.name, UploadId=upload_id)
+        aws.client("s3").abort_multipart_upload(Bucket=aws.bucket, Key=orphan.name, UploadId=orphan.ref)
 
 
 def find_orphans(aws: Aws) -> List[Orphan]:

@@ -197,7 +197,7 @@ def cmd_endpoints_deploy(cli: Cli) -> int:
             cli.out(record, endpoint_text)
             error(f"{record.name}: endpoint is {status}" + (f": {record.failure_reason}" if record.failure_reason else ""))
             return EXIT_FAILED
-    cli.out(record, lambda e: f"Endpoint deployment started: {endpoint_text(e)}" + (
+    cli.out(record, lambda e: f"Endpoint {'ready' if a.wait else 'deployment started'}: {endpoint_text(e)}" + (
         "" if a.wait or not e.autoscaling else
         "\nAutoscaling is attached once it is InService (by `endpoints list`, the tab, or `deploy --wait`)."))
     return EXIT_OK

@@ -103,3 +103,26 @@ def test_help_lists_commands(group):
     out = subprocess.run([sys.executable, "-m", "aws_extension", group, "--help"], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert "list" in out and "delete" in out
+
+
+def test_deploy_list_delete_and_cleanup(aws_env):
+    cli(aws_env, "setup", check_rc=0)
+    deployed = json.loads(cli(aws_env, "--json", "endpoints", "deploy", "--name", "cli-ep", "--wait", check_rc=0).stdout)
+    assert deployed["status"] == "InService" and deployed["scaling_applied"]
+    [listed] = json.loads(cli(aws_env, "--json", "endpoints", "list", check_rc=0).stdout)
+    assert (listed["name"], listed["type"], listed["instance_type"]) == ("cli-ep", "async", "ml.g5.2xlarge")
+    assert "Endpoint delete completed" in cli(aws_env, "endpoints", "delete", "cli-ep", check_rc=0).stdout
+    assert "cli-ep" in cli(aws_env, "endpoints", "delete", "cli-ep", check_rc=1).stderr
+
+    # leftovers: an endpoint removed behind the tool's back, and an upload never finished
+    cli(aws_env, "endpoints", "deploy", "--name", "left-over", "--wait", check_rc=0)
+    import boto3
+
+    boto3.client("sagemaker").delete_endpoint(EndpointName="left-over")
+    boto3.client("s3").create_multipart_upload(Bucket=aws_env["SD_SAGEMAKER_BUCKET"], Key="models/Lora/half.safetensors")
+    dry = json.loads(cli(aws_env, "--json", "cleanup", check_rc=0).stdout)
+    assert {o["kind"] for o in dry} == {"endpoint-config", "model", "scalable-target", "alarm", "multipart-upload"}
+    assert json.loads(cli(aws_env, "--json", "cleanup", check_rc=0).stdout) == dry  # a dry run removes nothing
+    removed = json.loads(cli(aws_env, "--json", "cleanup", "--yes", check_rc=0).stdout)
+    assert len(removed) == len(dry)
+    assert json.loads(cli(aws_env, "--json", "cleanup", check_rc=0).stdout) == []

@@ -117,6 +117,7 @@ class LocalEmulator:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,  # older botocore reads only this one
             "SD_SAGEMAKER_BUCKET": bucket,
             "SD_SAGEMAKER_ROLE_ARN": ROLE_ARN,
             "SD_SAGEMAKER_IMAGE_URI": LOCAL_IMAGE,
