@@ -126,3 +126,52 @@ def test_deploy_list_delete_and_cleanup(aws_env):
     removed = json.loads(cli(aws_env, "--json", "cleanup", "--yes", check_rc=0).stdout)
     assert len(removed) == len(dry)
     assert json.loads(cli(aws_env, "--json", "cleanup", check_rc=0).stdout) == []
+
+
+def test_upload_url_from_a_local_server(aws_env, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    (tmp_path / "web.safetensors").write_bytes(b"w" * 4096)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/web.safetensors?token=SECRET"
+    try:
+        cli(aws_env, "setup", check_rc=0)
+        refused = cli(aws_env, "models", "upload-url", "--type", "vae", url, check_rc=1)
+        assert "loopback" in refused.stderr and "SECRET" not in refused.stderr
+        bad = cli(aws_env, "models", "upload-url", "--type", "vae", "--description", "[1]", url, check_rc=1)
+        assert "JSON object" in bad.stderr
+        done = cli(aws_env, "--json", "models", "upload-url", "--type", "vae", "--allow-private",
+                   "--description", '{"author": "me"}', url, check_rc=0)
+        [result] = json.loads(done.stdout)
+        assert result["status"] == "uploaded" and result["size"] == 4096 and "SECRET" not in done.stdout
+    finally:
+        server.shutdown()
+    shown = json.loads(cli(aws_env, "--json", "models", "show", "--type", "vae", "web.safetensors", check_rc=0).stdout)
+    assert shown["description"] == {"author": "me"} and "SECRET" not in json.dumps(shown)
+
+
+def test_datasets_create_list_show_delete(aws_env, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red square")
+    (tmp_path / "notes.doc").write_bytes(b"not an image")
+    cli(aws_env, "setup", check_rc=0)
+    refused = cli(aws_env, "datasets", "create", "--name", "squares", str(tmp_path / "a.png"), str(tmp_path / "notes.doc"),
+                  check_rc=1)
+    assert "notes.doc" in refused.stderr
+    assert json.loads(cli(aws_env, "--json", "datasets", "list", check_rc=0).stdout) == []
+    created = cli(aws_env, "datasets", "create", "--name", "squares", "--description", "red ones",
+                  str(tmp_path / "a.png"), str(tmp_path / "a.txt"), check_rc=0)
+    assert "Complete Dataset squares creation" in created.stdout
+    shown = json.loads(cli(aws_env, "--json", "datasets", "show", "squares", check_rc=0).stdout)
+    assert shown["s3_uri"] == f"s3://{aws_env['SD_SAGEMAKER_BUCKET']}/datasets/squares/"
+    assert sorted(f["name"] for f in shown["files"]) == ["a.png", "a.txt"] and shown["description"] == "red ones"
+    assert "squares" in cli(aws_env, "datasets", "create", "--name", "squares", str(tmp_path / "a.png"), check_rc=1).stderr
+    cli(aws_env, "datasets", "delete", "squares", check_rc=0)
+    assert "squares" in cli(aws_env, "datasets", "show", "squares", check_rc=1).stderr
