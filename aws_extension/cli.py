@@ -263,6 +263,18 @@ def cmd_local(cli: Cli) -> int:
     return run_local(LocalEmulator(port=cli.args.port), cli.args.bucket)
 
 
+def cmd_ui(cli: Cli) -> int:
+    try:
+        from .ui.standalone import serve
+    except ImportError as exc:
+        raise UserError(f"The tab needs gradio: pip install -e '.[ui]' ({exc}).") from None
+    a = cli.args
+    auth = tuple(a.auth.split(":", 1)) if a.auth else None
+    flags = {"region": a.region, "profile": a.profile, "bucket": a.bucket}
+    serve(a.host, a.port, a.models_dir, a.allow_private_urls, a.local, flags, auth)
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m aws_extension", description="Amazon SageMaker for Stable Diffusion WebUI")
@@ -324,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, what in (("show", cmd_datasets_show, "show a dataset"), ("delete", cmd_datasets_delete, "delete a dataset")):
         command(datasets, name, fn, what).add_argument("name", metavar="NAME")
 
+    c = command(groups, "ui", cmd_ui, "serve the Amazon SageMaker tab without the WebUI")
+    c.add_argument("--local", action="store_true", help="run on the embedded AWS emulator (no account needed)")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    c.add_argument("--port", type=int, default=7861)
+    c.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                   help="a folder the 'from WebUI' paths may reach (repeatable)")
+    c.add_argument("--allow-private-urls", action="store_true", help="allow loopback and private-network URLs")
+    c.add_argument("--auth", metavar="USER:PASSWORD", help="require a login, as the WebUI's --gradio-auth")
     c = command(groups, "local", cmd_local, "run the AWS emulator on loopback (no AWS account needed)")
     c.add_argument("--port", type=int, default=5005, help="0 picks a free port")
     return p

@@ -1,0 +1,126 @@
+"""What the tab needs from its host (the WebUI or the standalone launcher), and how handlers report."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional
+
+import gradio as gr
+
+from ..aws import Aws
+from ..config import Settings
+from ..errors import UserError
+
+log = logging.getLogger("sd_webui_sagemaker")
+
+GRADIO_4 = int(gr.__version__.split(".")[0]) >= 4
+
+
+def js(code: str) -> dict:
+    """The keyword that runs browser code on an event: `_js` in gradio 3, `js` in gradio 4."""
+    return {"js": code} if GRADIO_4 else {"_js": code}
+
+
+@dataclass
+class TabContext:
+    """The host's view: settings read fresh on every click (the WebUI's can change), and model folders."""
+
+    settings: Callable[[], Settings]
+    # folders a path typed into "from WebUI" may reach; empty: nothing may be uploaded from disk
+    model_folders: Callable[[], List[str]] = lambda: []
+    _cache: Dict[str, Aws] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def aws(self) -> Aws:
+        """One session per distinct settings, so clients and their connection pools are reused."""
+        settings = self.settings()
+        key = settings.json()
+        with self._lock:
+            if key not in self._cache:
+                self._cache.clear()
+                self._cache[key] = Aws(settings)
+            return self._cache[key]
+
+
+def message(exc: BaseException) -> str:
+    """The sentence a person sees; an unexpected failure is logged with its traceback, never shown."""
+    if isinstance(exc, UserError):
+        return f"Error: {exc}"
+    log.exception("Amazon SageMaker tab: unexpected failure")
+    return f"Error: unexpected {type(exc).__name__}: {exc} (details in the WebUI's console)."
+
+
+def handled(fn: Callable) -> Callable:
+    """A click handler whose failure becomes a message in its first output, never a frozen spinner."""
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the user as text
+            return message(exc)
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def run_with_progress(work: Callable[[Callable, threading.Event], object], render: Callable[[dict], str],
+                      finish: Callable[[object], str], every: float = 0.5) -> Iterator[str]:
+    """Run `work(progress, cancel)` in a thread, yielding a rendered progress text until it ends.
+
+    Generators need the queue (the WebUI and our launcher both enable it); the last text is `finish(result)`.
+    """
+    state: Dict[str, object] = {}
+    outcome: Dict[str, object] = {}
+    cancel = threading.Event()
+
+    def progress(p) -> None:
+        state[p.item] = p
+
+    def target() -> None:
+        try:
+            outcome["result"] = work(progress, cancel)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="sagemaker-tab-work", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(every)
+            if state and thread.is_alive():
+                yield render(dict(state))
+    except GeneratorExit:  # the page went away or the user pressed stop: stop cleanly (uploads stay resumable)
+        cancel.set()
+        raise
+    if "error" in outcome:
+        yield message(outcome["error"])  # type: ignore[arg-type]
+    else:
+        yield finish(outcome.get("result"))
+
+
+def progress_lines(state: dict) -> str:
+    lines = []
+    for p in state.values():
+        pct = f"{100 * p.done / p.total:.0f}%" if p.total else ""
+        lines.append(f"{p.item}: {p.state} {pct} ({p.done / 1e6:.1f} MB)".replace("  ", " "))
+    return "\n".join(lines)
+
+
+def result_lines(results) -> str:
+    """One line per uploaded item, as the CLI prints it."""
+    lines = []
+    for r in results:
+        if r.ok:
+            lines.append(f"{r.item}: {r.status}, {r.size / 1e6:.1f} MB, sha256 {r.sha256}")
+        else:
+            lines.append(f"{r.item}: {r.status}: {r.error}")
+    return "\n".join(lines) or "Nothing to upload."
+
+
+def stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def choice_update(choices: list, value: Optional[str] = None):
+    return gr.update(choices=choices, value=value if value in choices else (choices[0] if choices else None))

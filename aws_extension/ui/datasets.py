@@ -1,0 +1,93 @@
+"""AWS Dataset Management: create a dataset from images (and captions), browse and delete datasets."""
+
+from __future__ import annotations
+
+import io
+
+import gradio as gr
+
+from ..datasets import create_dataset, delete_dataset, list_datasets, prefix, show_dataset
+from .context import TabContext, choice_update, handled, message
+
+PREVIEW_IMAGES = 12
+
+
+def file_paths(files) -> list:
+    """gradio 3 gives temp-file wrappers, gradio 4 plain paths."""
+    return [getattr(f, "name", f) for f in (files or [])]
+
+
+def create(ctx: TabContext) -> None:
+    files = gr.File(label="Images (and .txt/.caption captions)", file_count="multiple", elem_id="sagemaker-dataset-files")
+    name = gr.Textbox(label="Dataset Name", elem_id="sagemaker-dataset-name")
+    description = gr.Textbox(label="Dataset Description", lines=2, elem_id="sagemaker-dataset-description")
+    button = gr.Button("Create Dataset", variant="primary", elem_id="sagemaker-dataset-create")
+    output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-dataset-result")
+
+    @handled
+    def run(files, name, description):
+        paths = file_paths(files)
+        dataset = create_dataset(ctx.aws(), (name or "").strip(), paths, description or "")
+        return f"Complete Dataset {dataset.name} creation"
+
+    button.click(run, [files, name, description], output)
+
+
+def preview(ctx: TabContext, dataset) -> list:
+    """The first images, fetched here so that no presigned URL reaches the page."""
+    from PIL import Image
+
+    aws = ctx.aws()
+    images = []
+    for f in [f for f in dataset.files if f.kind == "image"][:PREVIEW_IMAGES]:
+        body = aws.client("s3").get_object(Bucket=aws.bucket, Key=prefix(dataset.name) + f.name)["Body"].read()
+        images.append((Image.open(io.BytesIO(body)), f.name))
+    return images
+
+
+def browse(ctx: TabContext) -> None:
+    with gr.Row():
+        datasets = gr.Dropdown([], label="Dataset From Cloud", elem_id="sagemaker-datasets")
+        refresh = gr.Button("Refresh", elem_id="sagemaker-datasets-refresh", scale=0)
+    location = gr.Textbox(label="dataset s3 location", interactive=False, elem_id="sagemaker-dataset-location")
+    about = gr.Textbox(label="Dataset Description", interactive=False, elem_id="sagemaker-dataset-about")
+    gallery = gr.Gallery(label="Preview", elem_id="sagemaker-dataset-preview")
+    delete = gr.Button("Delete", variant="stop", elem_id="sagemaker-dataset-delete")
+
+    def listing():
+        try:
+            names = [d.name for d in list_datasets(ctx.aws())]
+        except Exception as exc:  # noqa: BLE001
+            return choice_update([]), message(exc)
+        return choice_update(names), f"{len(names)} dataset(s)." if names else "No datasets yet."
+
+    def show(name):
+        if not name:
+            return "", "", []
+        try:
+            dataset = show_dataset(ctx.aws(), name)
+            files = f"{dataset.image_count} images, {dataset.caption_count} captions, {dataset.total_size / 1e6:.1f} MB"
+            return dataset.s3_uri, f"{dataset.description}\n({files}, created {dataset.created})".strip(), \
+                preview(ctx, dataset)
+        except Exception as exc:  # noqa: BLE001
+            return "", message(exc), []
+
+    @handled
+    def remove(name):
+        if not name:
+            return "Choose a dataset first."
+        delete_dataset(ctx.aws(), name)
+        return f"Deleted dataset {name}."
+
+    refresh.click(listing, None, [datasets, about])
+    datasets.change(show, datasets, [location, about, gallery])
+    delete.click(remove, datasets, about).then(listing, None, [datasets, about])
+
+
+def build(ctx: TabContext) -> None:
+    gr.Markdown("### AWS Dataset Management")
+    with gr.Tabs():
+        with gr.Tab("Create", elem_id="sagemaker-tab-dataset-create"):
+            create(ctx)
+        with gr.Tab("Browse", elem_id="sagemaker-tab-dataset-browse"):
+            browse(ctx)

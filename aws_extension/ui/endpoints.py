@@ -1,0 +1,96 @@
+"""Cloud Assets Management: deploy a SageMaker endpoint, list and delete endpoints."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
+from .context import TabContext, choice_update, handled, message
+
+INSTANCE_TYPES = ["ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",
+                  "ml.g5.8xlarge", "ml.g5.12xlarge", "ml.g6.xlarge", "ml.g6.2xlarge", "ml.g6e.xlarge",
+                  "ml.g6e.2xlarge", "ml.p4d.24xlarge", "ml.p5.48xlarge"]
+# SageMaker real-time hosting list prices in us-east-1 (USD per instance-hour); shown as a guide only.
+HOURLY_USD = {"ml.g4dn.xlarge": 0.736, "ml.g4dn.2xlarge": 0.94, "ml.g5.xlarge": 1.408, "ml.g5.2xlarge": 1.515,
+              "ml.g5.4xlarge": 2.03, "ml.g5.8xlarge": 3.06, "ml.g5.12xlarge": 7.09}
+COUNTS = [str(n) for n in range(0, 11)]
+
+
+def endpoint_choice(e) -> str:
+    """name+status+time, as the original guide shows it, plus what the user pays attention to."""
+    text = e.label
+    if e.failure_reason:
+        text += f" — {e.failure_reason}"
+    elif e.status == "InService" and e.instance_count is not None:
+        price = HOURLY_USD.get(e.instance_type or "")
+        cost = f", ≈ ${price * e.instance_count:.2f}/h" if price is not None else ""
+        text += f" — {e.instance_count} × {e.instance_type}{cost}"
+    return text
+
+
+def deploy_form(ctx: TabContext) -> None:
+    gr.Markdown("#### Deploy New SageMaker Endpoint\nDefaults: ml.g5.2xlarge, 1 instance, autoscaling on.")
+    advanced = gr.Checkbox(False, label="Advanced Endpoint Configuration", elem_id="sagemaker-advanced")
+    with gr.Column(visible=False) as panel:
+        name = gr.Textbox(label="Endpoint Name (Optional)", elem_id="sagemaker-endpoint-name")
+        kind = gr.Radio(["Async", "Real-time"], value="Async", label="Endpoint Type", elem_id="sagemaker-endpoint-type")
+        instance = gr.Dropdown(INSTANCE_TYPES, value="ml.g5.2xlarge", label="Instance Type",
+                               elem_id="sagemaker-instance-type")
+        most = gr.Dropdown(COUNTS[1:], value="1", label="Max Instance Number", elem_id="sagemaker-max-instances")
+        scaling = gr.Checkbox(True, label="Enable Autoscaling", elem_id="sagemaker-autoscaling")
+        fewest = gr.Dropdown(COUNTS, value="0", label="Min Instance Number", elem_id="sagemaker-min-instances")
+    button = gr.Button("Deploy", variant="primary", elem_id="sagemaker-deploy")
+    output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-deploy-result")
+
+    @handled
+    def start(use_advanced, name, kind, instance, most, scaling, fewest):
+        spec = EndpointSpec()
+        if use_advanced:
+            spec = EndpointSpec(name=name, endpoint_type=kind, instance_type=instance, max_instances=int(most),
+                                autoscaling=scaling, min_instances=int(fewest) if scaling else None)
+        record = deploy(ctx.aws(), spec)
+        return f"Endpoint deployment started: {record.name} ({record.status})."
+
+    advanced.change(lambda on: gr.update(visible=on), advanced, panel)
+    # real-time endpoints cannot scale to zero: the minimum follows the type
+    kind.change(lambda k: gr.update(value="0" if k == "Async" else "1"), kind, fewest)
+    button.click(start, [advanced, name, kind, instance, most, scaling, fewest], output)
+
+
+def management(ctx: TabContext) -> None:
+    gr.Markdown("#### Inference Endpoint Management")
+    with gr.Row():
+        endpoints = gr.Dropdown([], label="Inference Endpoint Management", elem_id="sagemaker-endpoints")
+        refresh = gr.Button("Refresh", elem_id="sagemaker-endpoints-refresh", scale=0)
+    delete = gr.Button("Delete", variant="stop", elem_id="sagemaker-endpoint-delete")
+    output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-endpoint-result")
+    names: dict = {}
+
+    def listing(keep=None):
+        try:
+            listed = list_endpoints(ctx.aws())  # also attaches autoscaling to endpoints now InService
+        except Exception as exc:  # noqa: BLE001
+            return choice_update([]), message(exc)
+        names.clear()
+        names.update({endpoint_choice(e): e.name for e in listed})
+        kept = next((c for c, n in names.items() if n == keep), None)
+        return choice_update(list(names), kept), f"{len(names)} endpoint(s)." if names else "No endpoints yet."
+
+    def remove(choice):
+        if choice not in names:
+            return gr.update(), "Choose an endpoint first."
+        try:
+            delete_endpoint(ctx.aws(), names[choice])
+        except Exception as exc:  # noqa: BLE001
+            return gr.update(), message(exc)
+        update, _ = listing()
+        return update, "Endpoint delete completed"
+
+    refresh.click(lambda choice: listing(names.get(choice)), endpoints, [endpoints, output])
+    delete.click(remove, endpoints, [endpoints, output])
+
+
+def build(ctx: TabContext) -> None:
+    gr.Markdown("### Cloud Assets Management")
+    deploy_form(ctx)
+    management(ctx)

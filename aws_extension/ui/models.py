@@ -1,0 +1,143 @@
+"""Cloud Models Management: from WebUI, from Laptop, from URL, and the models already in the cloud."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from ..models.catalog import delete_model, list_models, show_model
+from ..models.types import MODEL_TYPES, model_type
+from ..models.uploads import upload_paths
+from ..models.urls import upload_urls
+from .context import (TabContext, choice_update, handled, js, message, progress_lines, result_lines,
+                      run_with_progress)
+
+LABELS = [t.label for t in MODEL_TYPES]
+ALL = "All"
+LAPTOP_PICKER = """
+<div id="sagemaker-laptop">
+  <input type="file" multiple id="sagemaker-laptop-files">
+  <div id="sagemaker-laptop-progress"></div>
+</div>
+"""
+
+
+def split_paths(text: str) -> list:
+    """One path per line, or several separated by commas."""
+    return [p.strip() for line in (text or "").splitlines() for p in line.split(",") if p.strip()]
+
+
+def from_webui(ctx: TabContext) -> None:
+    boxes = [gr.Textbox(label=t.label, lines=2, placeholder="one path per line", elem_id=f"sagemaker-path-{t.id}")
+             for t in MODEL_TYPES]
+    button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-webui-upload")
+    output = gr.Textbox(label="Label", lines=4, interactive=False, elem_id="sagemaker-webui-result")
+
+    def upload(*texts):
+        jobs = [(t, split_paths(text)) for t, text in zip(MODEL_TYPES, texts) if split_paths(text)]
+        if not jobs:
+            yield "Type the path of at least one model file."
+            return
+        folders = ctx.model_folders()
+        if not folders:
+            yield "Error: no model folders are configured, so no path can be uploaded from this machine."
+            return
+
+        def work(progress, cancel):
+            aws = ctx.aws()
+            return [r for t, paths in jobs for r in upload_paths(aws, t.id, paths, folders, progress, cancel)]
+
+        yield from run_with_progress(work, progress_lines, result_lines)
+
+    button.click(upload, boxes, output)
+
+
+def from_laptop() -> None:
+    kind = gr.Dropdown(LABELS, value=LABELS[0], label="Model type", elem_id="sagemaker-laptop-type")
+    gr.HTML(LAPTOP_PICKER)
+    button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-laptop-upload")
+    # The browser sends the bytes straight to S3 (javascript/sagemaker_uploader.js); the server only presigns.
+    button.click(None, [kind], None, **js("(kind) => { sagemakerUploadFromLaptop(kind); return [kind]; }"))
+
+
+def from_url(ctx: TabContext) -> None:
+    kind = gr.Dropdown(LABELS, value=LABELS[0], label="Model type", elem_id="sagemaker-url-type")
+    urls = gr.Textbox(label="URL list (Comma-separated in English)", lines=2, elem_id="sagemaker-url-list")
+    description = gr.Textbox(label="Models Description (Optional)", lines=2, placeholder='{"author": "..."}',
+                             elem_id="sagemaker-url-description")
+    button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-url-upload")
+    output = gr.Textbox(label="Label", lines=4, interactive=False, elem_id="sagemaker-url-result")
+
+    def upload(kind_label, url_text, description_text):
+        def work(progress, cancel):
+            aws = ctx.aws()
+            return upload_urls(aws, model_type(kind_label).id, url_text, description_text or None,
+                               progress=progress, cancel=cancel)
+
+        yield from run_with_progress(work, progress_lines, result_lines)
+
+    button.click(upload, [kind, urls, description], output)
+
+
+def model_choice(m) -> str:
+    return f"{m.name} ({model_type(m.type).label}, {m.size / 1e6:.1f} MB, {m.last_modified})"
+
+
+def cloud_models(ctx: TabContext) -> None:
+    with gr.Row():
+        kind = gr.Dropdown([ALL] + LABELS, value=ALL, label="Model type", elem_id="sagemaker-cloud-type")
+        models = gr.Dropdown([], label="Models in the cloud", elem_id="sagemaker-cloud-models")
+        refresh = gr.Button("Refresh", elem_id="sagemaker-cloud-refresh", scale=0)
+    details = gr.Textbox(label="Model details", lines=4, interactive=False, elem_id="sagemaker-cloud-details")
+    delete = gr.Button("Delete", variant="stop", elem_id="sagemaker-cloud-delete")
+    found: dict = {}
+
+    def listing(kind_label, keep=None):
+        try:
+            listed = list_models(ctx.aws(), None if kind_label == ALL else model_type(kind_label).id)
+        except Exception as exc:  # noqa: BLE001
+            return choice_update([]), message(exc)
+        found.clear()
+        found.update({model_choice(m): m for m in listed})
+        choices = list(found)
+        return choice_update(choices, keep), f"{len(choices)} model(s) in the cloud." if choices else "No models yet."
+
+    @handled
+    def show(choice):
+        if not choice or choice not in found:
+            return ""
+        m = found[choice]
+        full = show_model(ctx.aws(), m.type, m.name)
+        description = json.dumps(full.description, ensure_ascii=False) if full.description else "(none)"
+        return (f"s3://{ctx.aws().bucket}/{full.key}\nsize: {full.size} bytes · uploaded {full.last_modified}\n"
+                f"sha256: {full.sha256 or '(no record)'}\ndescription: {description}")
+
+    def remove(choice, kind_label):
+        if not choice or choice not in found:
+            return gr.update(), "Choose a model first."
+        m = found[choice]
+        try:
+            delete_model(ctx.aws(), m.type, m.name)
+        except Exception as exc:  # noqa: BLE001
+            return gr.update(), message(exc)
+        update, _ = listing(kind_label)
+        return update, f"Deleted {m.name}."
+
+    refresh.click(listing, [kind], [models, details])
+    kind.change(listing, [kind], [models, details])
+    models.change(show, [models], details)
+    delete.click(remove, [models, kind], [models, details])
+
+
+def build(ctx: TabContext) -> None:
+    gr.Markdown("### Cloud Models Management")
+    with gr.Tabs():
+        with gr.Tab("from WebUI", elem_id="sagemaker-tab-webui"):
+            from_webui(ctx)
+        with gr.Tab("from Laptop", elem_id="sagemaker-tab-laptop"):
+            from_laptop()
+        with gr.Tab("from URL", elem_id="sagemaker-tab-url"):
+            from_url(ctx)
+        with gr.Tab("Models in the Cloud", elem_id="sagemaker-tab-cloud"):
+            cloud_models(ctx)

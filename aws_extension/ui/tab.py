@@ -1,0 +1,17 @@
+"""The whole Amazon SageMaker tab, the same in the WebUI and standalone."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from . import connection, datasets, endpoints, models
+from .context import TabContext
+
+
+def build_tab(ctx: TabContext) -> gr.Blocks:
+    with gr.Blocks(analytics_enabled=False) as tab:
+        connection.build(ctx)
+        models.build(ctx)
+        endpoints.build(ctx)
+        datasets.build(ctx)
+    return tab
