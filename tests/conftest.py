@@ -41,3 +41,7 @@ def aws(aws_env) -> Aws:
     session = Aws(Settings.resolve())
     setup(session)
     return session
+
+
+# Browser fixtures (Chromium through Playwright); gradio is imported only by tests that use them.
+from ui_support import browser, page, tab  # noqa: E402, F401

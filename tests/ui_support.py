@@ -1,0 +1,71 @@
+"""Browser-test support: the standalone tab in this process on a free loopback port, and Debian's Chromium."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def standalone(models_dirs: Optional[List[str]] = None, auth: Optional[tuple] = None,
+               allow_private_urls: bool = True) -> Iterator[str]:
+    """The tab as `python -m aws_extension ui` serves it; settings are read from the environment on each click."""
+    from aws_extension.config import Settings
+    from aws_extension.ui.context import TabContext
+    from aws_extension.ui.routes import add_routes
+    from aws_extension.ui.standalone import build_app
+
+    folders = list(models_dirs or [])
+    ctx = TabContext(settings=lambda: Settings.resolve(allow_private_urls=allow_private_urls),
+                     model_folders=lambda: folders)
+    demo = build_app(ctx)
+    demo.queue()
+    app, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                              auth=auth, show_api=False, quiet=True)
+    add_routes(app, ctx)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 2400})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def tab(aws, tmp_path, page):
+    """The standalone tab on the emulator (bucket set up), model folder tmp_path/models, opened in Chromium."""
+    models = tmp_path / "models"
+    models.mkdir()
+    with standalone([str(models)]) as url:
+        page.goto(url)
+        page.wait_for_selector("#sagemaker-connection")
+        yield page
