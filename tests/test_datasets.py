@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.request
 
 import botocore.exceptions as bex
 import pytest
 from PIL import Image
 
 from aws_extension.datasets import (
-    create_dataset, dataset_image_url, delete_dataset, list_datasets, show_dataset,
+    create_dataset, delete_dataset, read_file, list_datasets, show_dataset,
 )
 from aws_extension.errors import NotFound, Refused, TransferError
 
@@ -180,14 +179,11 @@ def test_cancel_leaves_nothing(aws, files):
     assert keys(aws) == []
 
 
-def test_preview_url_downloads_the_image(aws, files):
+def test_files_read_back_for_previews(aws, files):
     create_dataset(aws, "pets", files)
-    url = dataset_image_url(aws, "pets", "cat.png", expires=60)
-    assert "X-Amz-Signature=" in url
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.read() == open(files[0], "rb").read()
+    assert read_file(aws, "pets", "cat.png") == open(files[0], "rb").read()
     for bad in ("../x.png", "a/b.png", "", "dataset.json"):
         with pytest.raises(Refused):
-            dataset_image_url(aws, "pets", bad)
-    with pytest.raises(Refused):
-        dataset_image_url(aws, "pets", "cat.png", expires=0)
+            read_file(aws, "pets", bad)
+    with pytest.raises(NotFound):
+        read_file(aws, "pets", "missing.png")

@@ -6,7 +6,7 @@ import io
 
 import gradio as gr
 
-from ..datasets import create_dataset, delete_dataset, list_datasets, prefix, show_dataset
+from ..datasets import create_dataset, delete_dataset, list_datasets, read_file, show_dataset
 from .context import TabContext, choice_update, handled, message
 
 PREVIEW_IMAGES = 12
@@ -38,11 +38,8 @@ def preview(ctx: TabContext, dataset) -> list:
     from PIL import Image
 
     aws = ctx.aws()
-    images = []
-    for f in [f for f in dataset.files if f.kind == "image"][:PREVIEW_IMAGES]:
-        body = aws.client("s3").get_object(Bucket=aws.bucket, Key=prefix(dataset.name) + f.name)["Body"].read()
-        images.append((Image.open(io.BytesIO(body)), f.name))
-    return images
+    shown = [f for f in dataset.files if f.kind == "image"][:PREVIEW_IMAGES]
+    return [(Image.open(io.BytesIO(read_file(aws, dataset.name, f.name))), f.name) for f in shown]
 
 
 def browse(ctx: TabContext) -> None:
