@@ -28,8 +28,8 @@ def status_line(ctx: TabContext) -> str:
 
 def build(ctx: TabContext) -> gr.Markdown:
     with gr.Row():
-        # a callable value is read again on every page load
-        line = gr.Markdown(lambda: status_line(ctx), elem_id="sagemaker-connection")
+        # filled on page load (tab.py), not while the WebUI builds its UI: AWS may be slow or unreachable
+        line = gr.Markdown("Connecting to AWS…", elem_id="sagemaker-connection")
         refresh = gr.Button("Refresh", elem_id="sagemaker-connection-refresh", scale=0)
         set_up = gr.Button("Set up", elem_id="sagemaker-setup", scale=0)
 

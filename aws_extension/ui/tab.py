@@ -10,8 +10,9 @@ from .context import TabContext
 
 def build_tab(ctx: TabContext) -> gr.Blocks:
     with gr.Blocks(analytics_enabled=False) as tab:
-        connection.build(ctx)
+        line = connection.build(ctx)
         models.build(ctx)
         endpoints.build(ctx)
         datasets.build(ctx)
+        tab.load(lambda: connection.status_line(ctx), None, line)
     return tab
