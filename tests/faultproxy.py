@@ -9,12 +9,14 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, List, Optional
 from urllib.parse import parse_qs, urlsplit
 
-# A rule gets (method, path, query) and returns None (pass), an int (that HTTP status), or "cut".
+# A rule gets (method, path, query) and returns None (pass), an int (that HTTP status), "cut", or
+# ("delay", seconds): wait that long, then pass it on (a slow or distant S3).
 Rule = Callable[[str, str, dict], Optional[object]]
 
 ERROR_BODY = b"""<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>injected by the test proxy</Message></Error>"""
@@ -50,6 +52,9 @@ class FaultProxy:
                         proxy.in_flight += 1
                         proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
                 try:
+                    if isinstance(action, tuple) and action and action[0] == "delay":
+                        time.sleep(float(action[1]))
+                        action = None
                     if action == "cut":
                         self.rfile.read(length // 2)
                         proxy._count(part, failed=True)
@@ -63,6 +68,9 @@ class FaultProxy:
                         self.send_response(action)
                         self.send_header("Content-Type", "application/xml")
                         self.send_header("Content-Length", str(len(payload)))
+                        if self.headers.get("Origin"):  # as S3 answers a browser, so the page can read the error
+                            self.send_header("Access-Control-Allow-Origin", self.headers["Origin"])
+                            self.send_header("Access-Control-Expose-Headers", "ETag, x-amz-checksum-crc32")
                         self.end_headers()
                         self.wfile.write(payload)
                         return
@@ -91,7 +99,8 @@ class FaultProxy:
                     self.wfile.write(data)
                 conn.close()
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+            # OPTIONS: a browser's CORS preflight before its PUTs, answered by S3 (the bucket's CORS) as is
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -130,6 +139,17 @@ def fail_part(numbers, action, times: Optional[int] = None) -> Rule:
             seen[n] += 1
             if times is None or seen[n] <= times:
                 return action
+        return None
+
+    return rule
+
+
+def delay_parts(seconds: float) -> Rule:
+    """Every part upload waits `seconds` before it reaches S3, as over a long link."""
+
+    def rule(method: str, path: str, query: dict):
+        if method == "PUT" and "partNumber" in query:
+            return ("delay", seconds)
         return None
 
     return rule

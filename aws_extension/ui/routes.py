@@ -2,16 +2,25 @@
 
 Routes added to the app after launch are outside gradio's login, so each one checks it itself: when the
 app has auth, a request must carry a session cookie gradio issued (`access-token…`).
+
+The uploader's routes (`POST /sagemaker/uploads/<step>`, used by javascript/sagemaker_uploader.js) only start,
+sign, list, complete and abort multipart uploads: the model's bytes go from the browser straight to S3.
+Bodies are plain JSON objects read by hand (FastAPI 0.94 cannot take pydantic v1 models as bodies when
+pydantic 2 is installed, as on Forge). A refusal answers `{"error": "<sentence>"}` with 400 (404 when the
+upload or model is gone); nothing answers a traceback, and no presigned URL is ever logged.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
 
 from fastapi import HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from .context import TabContext
+from ..errors import NotFound, Refused, UserError
+from .context import TabContext, log
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "javascript"
 PREFIX = "/sagemaker"
@@ -29,6 +38,79 @@ def require_login(app, request: Request) -> None:
         raise HTTPException(status_code=401, detail="Not authenticated: log in to the WebUI first.")
 
 
+# -- the uploader's steps (plain functions of the core session and the request's JSON object) -------------
+def _field(body: dict, name: str, kind: type, required: bool = True):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        what = {str: "a text", int: "a whole number", list: "a list"}[kind]
+        raise Refused(f"'{name}' must be {what}, not {value!r}." if name in body else f"'{name}' is missing.")
+    return value
+
+
+def start_step(aws, body: dict) -> dict:
+    """BrowserUpload as JSON. Without `sha256`, when the cloud already holds a model of this name and size, answer
+    `{"check_sha256": true, ...}` and start nothing: the page then hashes the file and asks again with its sha256,
+    so an identical file is skipped while any other file is hashed on the way up, in a single read."""
+    from ..models.browser import start_upload
+    from ..models.catalog import head_model, read_record
+    from ..models.transfer import part_size_for
+    from ..models.types import check_file_name, model_type
+
+    type_name, name, size = _field(body, "type", str), _field(body, "name", str), _field(body, "size", int)
+    sha256 = _field(body, "sha256", str, required=False)
+    if not sha256:
+        t, checked = model_type(type_name), check_file_name(name)
+        head = head_model(aws, t.key(checked)) if size > 0 else None
+        if head and head["ContentLength"] == size:
+            record = read_record(aws, t.key(checked))
+            if record and record.sha256:
+                part_size = part_size_for(size)
+                return {"type": t.id, "name": checked, "key": t.key(checked), "size": size, "part_size": part_size,
+                        "part_count": -(-size // part_size), "check_sha256": True}
+    return start_upload(aws, type_name, name, size, sha256=sha256 or None).dict()
+
+
+def sign_step(aws, body: dict) -> dict:
+    from ..models.browser import presign_part
+
+    return presign_part(aws, _field(body, "key", str), _field(body, "upload_id", str),
+                        _field(body, "part_number", int), _field(body, "checksum_crc32", str))
+
+
+def parts_step(aws, body: dict) -> dict:
+    from ..models.browser import list_parts
+
+    return {"parts": [p.dict() for p in list_parts(aws, _field(body, "key", str), _field(body, "upload_id", str))]}
+
+
+def complete_step(aws, body: dict) -> dict:
+    from ..models.browser import complete_upload
+
+    return complete_upload(aws, _field(body, "key", str), _field(body, "upload_id", str), _field(body, "parts", list),
+                           _field(body, "sha256", str), _field(body, "size", int)).dict()
+
+
+def abort_step(aws, body: dict) -> dict:
+    from ..models.browser import abort_upload
+
+    abort_upload(aws, _field(body, "key", str), _field(body, "upload_id", str))
+    return {"aborted": True}
+
+
+STEPS = {"start": start_step, "sign": sign_step, "parts": parts_step, "complete": complete_step, "abort": abort_step}
+
+
+def error_response(exc: BaseException, step: str) -> JSONResponse:
+    if isinstance(exc, UserError):
+        return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, NotFound) else 400)
+    # Unexpected: the console gets the traceback (no URL is in it: signing happens inside the core), the page a line.
+    log.exception("Amazon SageMaker uploader: unexpected failure in '%s'", step)
+    return JSONResponse({"error": f"unexpected {type(exc).__name__} while '{step}' (details in the WebUI's console)."},
+                        status_code=500)
+
+
 def add_routes(app, ctx: TabContext) -> None:
     @app.get(PREFIX + "/static/{name}")
     def script(name: str, request: Request):
@@ -36,4 +118,24 @@ def add_routes(app, ctx: TabContext) -> None:
         path = SCRIPTS / name
         if "/" in name or not name.endswith(".js") or not path.is_file():
             raise HTTPException(status_code=404, detail="No such script.")
-        return FileResponse(path, media_type="text/javascript")
+        return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    def route(step: str, fn: Callable[[object, dict], dict]) -> None:
+        async def handler(request: Request):
+            require_login(app, request)
+            try:
+                body: Optional[dict] = await request.json()
+            except Exception:  # noqa: BLE001 - any unreadable body is the caller's mistake
+                body = None
+            if not isinstance(body, dict):
+                return JSONResponse({"error": "The request body must be a JSON object."}, status_code=400)
+            try:  # boto3 blocks: keep it off the event loop
+                return JSONResponse(await run_in_threadpool(lambda: fn(ctx.aws(), body)))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence for the page
+                return error_response(exc, step)
+
+        handler.__name__ = f"sagemaker_upload_{step}"
+        app.add_api_route(f"{PREFIX}/uploads/{step}", handler, methods=["POST"], include_in_schema=False)
+
+    for step, fn in STEPS.items():
+        route(step, fn)
