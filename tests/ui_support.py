@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
@@ -39,7 +40,10 @@ def standalone(models_dirs: Optional[List[str]] = None, auth: Optional[tuple] = 
     try:
         yield url
     finally:
-        demo.close()
+        # gradio 3.41 can wait forever on a click still queued at close: never let that hang the suite
+        closer = threading.Thread(target=demo.close, daemon=True)
+        closer.start()
+        closer.join(30)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,14 +37,31 @@ class TabContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def aws(self) -> Aws:
-        """One session per distinct settings, so clients and their connection pools are reused."""
+        """One session per distinct settings and credential sources, so clients and their pools are reused."""
         settings = self.settings()
-        key = settings.json()
+        key = settings.json() + credential_sources()
         with self._lock:
             if key not in self._cache:
                 self._cache.clear()
                 self._cache[key] = Aws(settings)
             return self._cache[key]
+
+
+def credential_sources() -> str:
+    """A digest of where boto3 finds credentials: the AWS_* environment and the AWS config files' mtimes.
+
+    A session (and its clients) keeps the credentials it found first, or their absence: without this, keys removed
+    or added in the environment, or `aws configure` run after an error, would not count until a restart.
+    """
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    files = []
+    for var, default in (("AWS_CONFIG_FILE", "~/.aws/config"), ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")):
+        path = os.path.expanduser(os.environ.get(var) or default)
+        try:
+            files.append((path, os.stat(path).st_mtime_ns))
+        except OSError:
+            files.append((path, None))
+    return hashlib.sha256(repr((env, files)).encode()).hexdigest()
 
 
 def message(exc: BaseException) -> str:

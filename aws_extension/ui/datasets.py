@@ -59,8 +59,8 @@ def browse(ctx: TabContext) -> None:
         return choice_update(names), f"{len(names)} dataset(s)." if names else "No datasets yet."
 
     def show(name):
-        if not name:
-            return "", "", []
+        if not name:  # nothing chosen (an empty list, or after Delete): keep the message that said why
+            return "", gr.update(), []
         try:
             dataset = show_dataset(ctx.aws(), name)
             files = f"{dataset.image_count} images, {dataset.caption_count} captions, {dataset.total_size / 1e6:.1f} MB"
@@ -69,16 +69,24 @@ def browse(ctx: TabContext) -> None:
         except Exception as exc:  # noqa: BLE001
             return "", message(exc), []
 
-    @handled
     def remove(name):
         if not name:
-            return "Choose a dataset first."
-        delete_dataset(ctx.aws(), name)
-        return f"Deleted dataset {name}."
+            return gr.update(), "Choose a dataset first."
+        try:
+            delete_dataset(ctx.aws(), name)
+        except Exception as exc:  # noqa: BLE001
+            return gr.update(), message(exc)
+        done = f"Deleted dataset {name}."
+        try:
+            names = [d.name for d in list_datasets(ctx.aws())]
+        except Exception as exc:  # noqa: BLE001
+            return gr.update(), f"{done} {message(exc)}"
+        # nothing chosen afterwards: the confirmation stays visible, and a second click deletes nothing else
+        return gr.update(choices=names, value=None), done
 
     refresh.click(listing, None, [datasets, about])
     datasets.change(show, datasets, [location, about, gallery])
-    delete.click(remove, datasets, about).then(listing, None, [datasets, about])
+    delete.click(remove, datasets, [datasets, about])
 
 
 def build(ctx: TabContext) -> None:

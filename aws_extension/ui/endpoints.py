@@ -80,11 +80,12 @@ def management(ctx: TabContext) -> None:
         if choice not in names:
             return gr.update(), "Choose an endpoint first."
         try:
-            delete_endpoint(ctx.aws(), names[choice])
+            delete_endpoint(ctx.aws(), names.pop(choice))
         except Exception as exc:  # noqa: BLE001
             return gr.update(), message(exc)
-        update, _ = listing()
-        return update, "Endpoint delete completed"
+        listing()  # refreshes `names`; if that fails, the list is still right less this endpoint
+        # nothing chosen afterwards, so a second click cannot delete another endpoint
+        return gr.update(choices=list(names), value=None), "Endpoint delete completed"
 
     refresh.click(lambda choice: listing(names.get(choice)), endpoints, [endpoints, output])
     delete.click(remove, endpoints, [endpoints, output])

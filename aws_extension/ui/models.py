@@ -105,8 +105,8 @@ def cloud_models(ctx: TabContext) -> None:
 
     @handled
     def show(choice):
-        if not choice or choice not in found:
-            return ""
+        if not choice or choice not in found:  # nothing chosen (an empty list, or after Delete): keep the message
+            return gr.update()
         m = found[choice]
         full = show_model(ctx.aws(), m.type, m.name)
         description = json.dumps(full.description, ensure_ascii=False) if full.description else "(none)"
@@ -121,8 +121,10 @@ def cloud_models(ctx: TabContext) -> None:
             delete_model(ctx.aws(), m.type, m.name)
         except Exception as exc:  # noqa: BLE001
             return gr.update(), message(exc)
-        update, _ = listing(kind_label)
-        return update, f"Deleted {m.name}."
+        found.pop(choice, None)
+        listing(kind_label)  # refreshes `found`; if that fails, the list is still right less this model
+        # nothing chosen afterwards: the confirmation stays visible, and a second click deletes nothing else
+        return gr.update(choices=list(found), value=None), f"Deleted {m.name}."
 
     refresh.click(listing, [kind], [models, details])
     kind.change(listing, [kind], [models, details])
