@@ -43,5 +43,15 @@ def aws(aws_env) -> Aws:
     return session
 
 
+@pytest.fixture
+def proxy(aws_env, emulator, monkeypatch):
+    """S3 through the fault-injecting proxy (for the server's calls, and so for presigned URLs too)."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(emulator.url) as p:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.url)
+        yield p
+
+
 # Browser fixtures (Chromium through Playwright); gradio is imported only by tests that use them.
 from ui_support import browser, page, tab  # noqa: E402, F401

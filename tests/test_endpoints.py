@@ -11,6 +11,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from inventory import NOTHING, cloud_inventory
 from aws_extension import endpoints
 from aws_extension.bootstrap import ensure_role
 from aws_extension.cleanup import remove_orphans
@@ -43,20 +44,10 @@ def raw(aws_env):
 
 
 def inventory(raw) -> dict:
-    sm, aas, cw = raw("sagemaker"), raw("application-autoscaling"), raw("cloudwatch")
-    return {
-        "endpoints": sorted(e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]),
-        "configs": sorted(c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]),
-        "models": sorted(m["ModelName"] for m in sm.list_models()["Models"]),
-        "targets": sorted(t["ResourceId"] for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")[
-            "ScalableTargets"]),
-        "policies": sorted(p["PolicyName"] for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")[
-            "ScalingPolicies"]),
-        "alarms": sorted(a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]),
-    }
+    return cloud_inventory(raw)
 
 
-EMPTY = {k: [] for k in ("endpoints", "configs", "models", "targets", "policies", "alarms")}
+EMPTY = NOTHING
 
 
 def tags(raw, arn: str) -> dict:

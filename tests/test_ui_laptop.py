@@ -12,7 +12,7 @@ import pytest
 
 from aws_extension.models.catalog import show_model
 from aws_extension.models.transfer import MiB, crc32_b64
-from faultproxy import FaultProxy, delay_parts, fail_part
+from faultproxy import delay_parts, fail_part
 from ui_support import standalone
 
 PART = 8 * MiB
@@ -36,12 +36,6 @@ def laptop(aws, page):
         yield open_laptop(page, url)
 
 
-@pytest.fixture
-def proxy(aws_env, emulator, monkeypatch):
-    """S3 (for the server's calls and hence for the page's presigned PUTs) through the fault proxy."""
-    with FaultProxy(emulator.url) as p:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.url)
-        yield p
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from functools import partial
 import pytest
 from PIL import Image
 
+from inventory import NOTHING, cloud_inventory
 from aws_extension.datasets import create_dataset, delete_dataset
 from aws_extension.endpoints import delete_endpoint
 
@@ -109,17 +110,6 @@ def model_file(path, size: int, seed: int) -> str:
     data = (block * (size // len(block) + 1))[:size]
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-def sagemaker_inventory(aws) -> dict:
-    sm, aas = aws.client("sagemaker"), aws.client("application-autoscaling")
-    return {
-        "endpoints": sorted(e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]),
-        "configs": sorted(c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]),
-        "models": sorted(m["ModelName"] for m in sm.list_models()["Models"]),
-        "targets": sorted(t["ResourceId"] for t in aas.describe_scalable_targets(ServiceNamespace="sagemaker")[
-            "ScalableTargets"]),
-    }
 
 
 def scalable_targets(aws, name: str) -> list:
@@ -353,7 +343,7 @@ def test_deploy_defaults_list_autoscaling_delete(tab, aws, emulator, fast_endpoi
     tab.click("#sagemaker-endpoint-delete")
     wait_value(tab, "sagemaker-endpoint-result", "Endpoint delete completed")
     expect(tab.locator("#sagemaker-endpoints input")).to_have_value("")
-    assert sagemaker_inventory(aws) == {"endpoints": [], "configs": [], "models": [], "targets": []}
+    assert cloud_inventory(aws.client) == NOTHING
 
 
 # -- 6. deploy with the advanced configuration -------------------------------------------------------------------
@@ -365,7 +355,7 @@ def test_deploy_advanced_configuration(tab, aws, fast_endpoints):
     tab.click("#sagemaker-deploy")
     text = wait_value(tab, "sagemaker-deploy-result", "bad_name")
     assert text.startswith("Error: Cannot deploy endpoint 'bad_name'") and "letters, digits and hyphens" in text, text
-    assert sagemaker_inventory(aws) == {"endpoints": [], "configs": [], "models": [], "targets": []}
+    assert cloud_inventory(aws.client) == NOTHING
 
     fill(tab, "sagemaker-endpoint-name", "my-realtime-sd")
     tab.locator("#sagemaker-endpoint-type label", has_text="Real-time").click()

@@ -15,16 +15,11 @@ from aws_extension.errors import Interrupted, TransferError
 from aws_extension.models.catalog import show_model
 from aws_extension.models.transfer import MiB, ObjectWriter
 from aws_extension.models.uploads import expand_paths, upload_paths
-from faultproxy import FaultProxy, fail_part
+from faultproxy import fail_part
 
 PART = 8 * MiB
 
 
-@pytest.fixture
-def proxy(aws_env, emulator, monkeypatch):
-    with FaultProxy(emulator.url) as p:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", p.url)
-        yield p
 
 
 @pytest.fixture
