@@ -75,9 +75,15 @@ def test_three_parts_land_identical(aws, data):
     assert show_model(aws, "lora", "style.safetensors").sha256 == sha
     assert open_uploads(aws) == []
 
+    # A file of the same name and size: the page is asked for its sha256 first, and nothing is started.
+    ask = start_upload(aws, "lora", "style.safetensors", len(data))
+    assert ask.check_sha256 and not ask.skipped and not ask.upload_id and open_uploads(aws) == []
     # The same file again: nothing to send.
     again = start_upload(aws, "lora", "style.safetensors", len(data), sha256=sha)
     assert again.skipped and not again.upload_id and open_uploads(aws) == []
+    # Same name and size, other bytes: a new upload.
+    other = start_upload(aws, "lora", "style.safetensors", len(data), sha256="0" * 64)
+    assert other.upload_id and not other.skipped and len(open_uploads(aws)) == 1
 
 
 def test_wrong_checksum_rejected_by_s3(aws, data):

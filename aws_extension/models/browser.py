@@ -54,6 +54,9 @@ class BrowserUpload(BaseModel):
     parts_done: List[BrowserPart] = []
     resumed: bool = False
     skipped: bool = False  # the cloud already holds this very file (same size and sha256): nothing to send
+    # Asked without a sha256 while the cloud holds a recorded model of this name and size: nothing was started;
+    # the page hashes the file and asks again with it (so any other file is hashed on the way up, in one read).
+    check_sha256: bool = False
 
 
 # -- keys --------------------------------------------------------------------------------------------
@@ -119,7 +122,10 @@ def start_upload(aws: Aws, type_name: str, file_name: str, size: int, sha256: Op
         raise Refused(f"{name}: {size} bytes is more than one S3 object can hold (10,000 parts of 5 GiB).")
     plan = dict(type=t.id, name=name, key=t.key(name), size=size, part_size=part_size,
                 part_count=-(-size // part_size))
-    if sha256 and _already_there(aws, t, name, size, sha256):
+    recorded = _recorded_sha256(aws, t, name, size)
+    if recorded and not sha256:
+        return BrowserUpload(**plan, check_sha256=True)
+    if recorded and sha256 and recorded == sha256.lower():
         return BrowserUpload(**plan, skipped=True)
     s3 = aws.client("s3")
     with translate(f"looking for an interrupted upload of {name}"):
@@ -150,12 +156,13 @@ def _fits(parts: List[BrowserPart], size: int, part_size: int, part_count: int) 
     return True
 
 
-def _already_there(aws: Aws, t: ModelType, name: str, size: int, sha256: str) -> bool:
+def _recorded_sha256(aws: Aws, t: ModelType, name: str, size: int) -> Optional[str]:
+    """The sha256 recorded for a model of this name and size in the cloud, if any."""
     head = head_model(aws, t.key(name))
     if not head or head["ContentLength"] != size:
-        return False
+        return None
     record = read_record(aws, t.key(name))
-    return bool(record and record.sha256 == sha256.lower())
+    return record.sha256 if record else None
 
 
 def presign_part(aws: Aws, key: str, upload_id: str, part_number: int, checksum_crc32: str,

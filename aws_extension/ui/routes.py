@@ -50,26 +50,10 @@ def _field(body: dict, name: str, kind: type, required: bool = True):
 
 
 def start_step(aws, body: dict) -> dict:
-    """BrowserUpload as JSON. Without `sha256`, when the cloud already holds a model of this name and size, answer
-    `{"check_sha256": true, ...}` and start nothing: the page then hashes the file and asks again with its sha256,
-    so an identical file is skipped while any other file is hashed on the way up, in a single read."""
     from ..models.browser import start_upload
-    from ..models.catalog import head_model, read_record
-    from ..models.transfer import part_size_for
-    from ..models.types import check_file_name, model_type
 
-    type_name, name, size = _field(body, "type", str), _field(body, "name", str), _field(body, "size", int)
-    sha256 = _field(body, "sha256", str, required=False)
-    if not sha256:
-        t, checked = model_type(type_name), check_file_name(name)
-        head = head_model(aws, t.key(checked)) if size > 0 else None
-        if head and head["ContentLength"] == size:
-            record = read_record(aws, t.key(checked))
-            if record and record.sha256:
-                part_size = part_size_for(size)
-                return {"type": t.id, "name": checked, "key": t.key(checked), "size": size, "part_size": part_size,
-                        "part_count": -(-size // part_size), "check_sha256": True}
-    return start_upload(aws, type_name, name, size, sha256=sha256 or None).dict()
+    return start_upload(aws, _field(body, "type", str), _field(body, "name", str), _field(body, "size", int),
+                        sha256=_field(body, "sha256", str, required=False) or None).dict()
 
 
 def sign_step(aws, body: dict) -> dict:
