@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -135,10 +134,6 @@ def result_lines(results) -> str:
         else:
             lines.append(f"{r.item}: {r.status}: {r.error}")
     return "\n".join(lines) or "Nothing to upload."
-
-
-def stamp() -> str:
-    return time.strftime("%H:%M:%S")
 
 
 def choice_update(choices: list, value: Optional[str] = None):
