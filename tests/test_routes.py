@@ -78,7 +78,7 @@ def test_the_page_flow_through_the_routes(tab_url, aws, caplog):
         # The same name and size again: the page is asked for the sha256 first, and nothing is started.
         ask = {"type": "lora", "name": "style.safetensors", "size": len(data)}
         probe = http.post(UPLOADS + "start", json=ask).json()
-        assert probe["check_sha256"] is True and "upload_id" not in probe and open_uploads(aws) == []
+        assert probe["check_sha256"] is True and not probe.get("upload_id") and open_uploads(aws) == []
         again = http.post(UPLOADS + "start", json={**ask, "sha256": digest}).json()
         assert again["skipped"] is True and open_uploads(aws) == []
         other = http.post(UPLOADS + "start", json={**ask, "sha256": "0" * 64}).json()
