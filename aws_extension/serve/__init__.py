@@ -1,0 +1,1 @@
+"""The inference server package that SageMaker endpoints run (and that runs locally without a container)."""
