@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from datetime import datetime, timezone
 from typing import Iterator, Optional
 
 import boto3
@@ -71,6 +72,13 @@ class Aws:
 
     def s3_uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def iso(moment) -> str:
+    """An AWS timestamp as ISO 8601 in UTC, to the second ('' when there is none)."""
+    if not isinstance(moment, datetime):
+        return str(moment or "")
+    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def error_code(exc: BaseException) -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timezone
 from typing import Callable, List
 
-from .aws import Aws, translate
+from .aws import Aws, iso, translate
 from .compat import BaseModel
 
 
@@ -24,7 +23,7 @@ def open_uploads(aws: Aws) -> List[Orphan]:
     with translate(f"listing open uploads in {aws.s3_uri()}"):
         for page in aws.client("s3").get_paginator("list_multipart_uploads").paginate(Bucket=aws.bucket):
             for upload in page.get("Uploads", []):
-                started = upload["Initiated"].astimezone(timezone.utc).replace(microsecond=0).isoformat()
+                started = iso(upload["Initiated"])
                 found.append(Orphan(kind="multipart-upload", name=upload["Key"], ref=upload["UploadId"],
                                     detail=f"unfinished upload started {started}"))
     return found

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
-from ..aws import Aws, translate
+from ..aws import Aws, iso, translate
 from ..compat import BaseModel
 from ..errors import NotFound, Refused, UserError
 from . import scaling
@@ -37,12 +37,6 @@ class EndpointRecord(BaseModel):
         except ValueError:
             pass
         return f"{self.name} ({self.status}, {when})" if when else f"{self.name} ({self.status})"
-
-
-def iso(moment) -> str:
-    if not isinstance(moment, datetime):
-        return str(moment or "")
-    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _describe_raw(aws: Aws, name: str) -> Optional[dict]:

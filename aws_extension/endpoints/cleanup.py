@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Set
 
-from ..aws import Aws, translate
+from ..aws import Aws, iso, translate
 from ..cleanup import Orphan
 from ..errors import Refused
 from . import catalog, scaling
@@ -52,7 +52,7 @@ def find_orphans(aws: Aws) -> List[Orphan]:
             continue
         if scaling.is_ours(scaling.tags_of(aws, config["EndpointConfigArn"])):
             ours_configs.add(name)
-            created = catalog.iso(config.get("CreationTime"))
+            created = iso(config.get("CreationTime"))
             orphans.append(Orphan(kind="endpoint-config", name=name, detail=f"created {created}, no endpoint uses it"))
     for model in _listed(aws, "list_models", "Models"):
         name = model["ModelName"]
@@ -60,7 +60,7 @@ def find_orphans(aws: Aws) -> List[Orphan]:
             continue
         # ours by tag, or by sharing its name with one of our orphaned configs (deploy names all three alike)
         if name in ours_configs or scaling.is_ours(scaling.tags_of(aws, model["ModelArn"])):
-            created = catalog.iso(model.get("CreationTime"))
+            created = iso(model.get("CreationTime"))
             orphans.append(Orphan(kind="model", name=name, detail=f"created {created}, no endpoint uses it"))
     for rid, entry in sorted(scaling.scaling_state(aws).items()):
         match = RESOURCE.match(rid)

@@ -19,9 +19,9 @@ from botocore.config import Config
 from ..aws import Aws, error_code, translate
 from ..compat import BaseModel
 from ..errors import NotFound, Refused, TransferError
-from .catalog import ModelRecord, head_model, now_iso, read_record, record_key, write_record
-from .transfer import MAX_PARTS, composite_crc32, part_size_for
-from .types import MODEL_TYPES, ModelType, check_file_name, model_type
+from .catalog import ModelRecord, now_iso, recorded_sha256, write_record
+from .transfer import MAX_PARTS, part_size_for, verify_completed
+from .types import MODEL_TYPES, check_file_name, model_type
 from .uploads import UploadResult
 
 CHECKSUM_HEADER = "x-amz-checksum-crc32"
@@ -122,7 +122,7 @@ def start_upload(aws: Aws, type_name: str, file_name: str, size: int, sha256: Op
         raise Refused(f"{name}: {size} bytes is more than one S3 object can hold (10,000 parts of 5 GiB).")
     plan = dict(type=t.id, name=name, key=t.key(name), size=size, part_size=part_size,
                 part_count=-(-size // part_size))
-    recorded = _recorded_sha256(aws, t, name, size)
+    recorded = recorded_sha256(aws, t.key(name), size)
     if recorded and not sha256:
         return BrowserUpload(**plan, check_sha256=True)
     if recorded and sha256 and recorded == sha256.lower():
@@ -154,15 +154,6 @@ def _fits(parts: List[BrowserPart], size: int, part_size: int, part_count: int) 
         if p.part_number > part_count or (p.size is not None and p.size != expected):
             return False
     return True
-
-
-def _recorded_sha256(aws: Aws, t: ModelType, name: str, size: int) -> Optional[str]:
-    """The sha256 recorded for a model of this name and size in the cloud, if any."""
-    head = head_model(aws, t.key(name))
-    if not head or head["ContentLength"] != size:
-        return None
-    record = read_record(aws, t.key(name))
-    return record.sha256 if record else None
 
 
 def presign_part(aws: Aws, key: str, upload_id: str, part_number: int, checksum_crc32: str,
@@ -245,7 +236,8 @@ def complete_upload(aws: Aws, key: str, upload_id: str, parts: List[dict], sha25
                                 f"send the missing or changed parts again.") from exc
         with translate(f"completing the upload of {name}"):
             raise
-    _verify(aws, key, name, completed, size, [p.checksum_crc32 for p in checked])
+    with translate(f"checking the uploaded {name}"):
+        verify_completed(aws, key, name, completed, size, [p.checksum_crc32 for p in checked])
     write_record(aws, ModelRecord(type=t.id, name=name, key=key, size=size, sha256=digest, source=source,
                                   description=description, uploaded_at=now_iso()))
     return UploadResult(item=name, type=t.id, status="uploaded", name=name, key=key, size=size, sha256=digest,
@@ -284,21 +276,3 @@ def _check_held(aws: Aws, key: str, upload_id: str, name: str, parts: List[Brows
         abort_upload(aws, key, upload_id)  # parts that do not add up to the file are of no use
         raise TransferError(f"{name}: the parts hold {total} bytes but the file has {size}; "
                             f"the upload was cancelled: start it again.")
-
-
-def _verify(aws: Aws, key: str, name: str, completed: dict, size: int, checksums: List[str]) -> None:
-    """The assembled object must have the browser's size and the composite CRC32 of its parts."""
-    problem = ""
-    remote = completed.get("ChecksumCRC32")
-    if remote and "-" in remote and remote != composite_crc32(checksums):
-        problem = f"checksum {remote} != {composite_crc32(checksums)}"
-    else:
-        with translate(f"checking the uploaded {name}"):
-            got = aws.client("s3").head_object(Bucket=aws.bucket, Key=key)["ContentLength"]
-        if got != size:
-            problem = f"{got} bytes arrived, the file has {size}"
-    if problem:  # the record of an older file of this name would now describe nothing
-        with translate(f"removing the mismatched {name}"):
-            stale = [{"Key": key}, {"Key": record_key(key)}]
-            aws.client("s3").delete_objects(Bucket=aws.bucket, Delete={"Objects": stale, "Quiet": True})
-        raise TransferError(f"{name}: the uploaded object does not match the file ({problem}); it was removed.")

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from typing import List, Optional
 
-from ..aws import Aws, is_not_found, translate
+from ..aws import Aws, is_not_found, iso, translate
 from ..compat import BaseModel
 from ..errors import NotFound
 from .types import has_model_extension, model_type, type_of_key
@@ -41,7 +41,7 @@ class CloudModel(BaseModel):
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return iso(datetime.now(timezone.utc))
 
 
 def record_key(key: str) -> str:
@@ -88,10 +88,6 @@ def list_models(aws: Aws, type_name: Optional[str] = None) -> List[CloudModel]:
     return models
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
-
-
 def head_model(aws: Aws, key: str) -> Optional[dict]:
     try:
         return aws.client("s3").head_object(Bucket=aws.bucket, Key=key)
@@ -100,6 +96,15 @@ def head_model(aws: Aws, key: str) -> Optional[dict]:
             return None
         with translate(f"reading {aws.s3_uri(key)}"):
             raise
+
+
+def recorded_sha256(aws: Aws, key: str, size: int) -> Optional[str]:
+    """The sha256 recorded for the model at `key` when the cloud holds one of this size (else None)."""
+    head = head_model(aws, key)
+    if not head or head["ContentLength"] != size:
+        return None
+    record = read_record(aws, key)
+    return record.sha256 if record else None
 
 
 def show_model(aws: Aws, type_name: str, name: str) -> CloudModel:

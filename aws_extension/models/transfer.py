@@ -21,6 +21,7 @@ import botocore.exceptions as bex
 
 from ..aws import Aws, describe, error_code
 from ..errors import Interrupted, TransferError, UserError
+from .catalog import record_key
 
 MiB = 1024 * 1024
 MIN_PART = 8 * MiB  # S3's minimum is 5 MiB; 8 MiB is boto3's default and a good request size
@@ -253,23 +254,9 @@ class ObjectWriter:
                 {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumCRC32": p["ChecksumCRC32"]} for p in parts
             ]},
         )
-        self._verify(completed, size, [p["ChecksumCRC32"] for p in parts])
+        verify_completed(self.aws, self.key, self.item, completed, size, [p["ChecksumCRC32"] for p in parts])
         return SentObject(self.key, size, sha.hexdigest(), parts_sent=sent, parts_reused=reused,
                           resumed=bool(remote.parts))
-
-    def _verify(self, completed: dict, size: int, checksums: List[str]) -> None:
-        """The object S3 assembled must be the bytes we read: same size, same composite CRC32."""
-        problem = ""
-        remote_sum = completed.get("ChecksumCRC32")
-        if remote_sum and remote_sum != composite_crc32(checksums):
-            problem = f"checksum {remote_sum} != {composite_crc32(checksums)}"
-        else:
-            head = self.s3.head_object(Bucket=self.aws.bucket, Key=self.key)
-            if head["ContentLength"] != size:
-                problem = f"size {head['ContentLength']} != {size}"
-        if problem:
-            self.s3.delete_object(Bucket=self.aws.bucket, Key=self.key)
-            raise TransferError(f"{self.item}: the uploaded object does not match the source ({problem}); it was removed.")
 
     # -- endings ------------------------------------------------------------------------------------
     def _abort(self, upload_id: str) -> None:
@@ -294,6 +281,23 @@ class ObjectWriter:
         if isinstance(exc, OSError):
             return TransferError(f"{self.item}: cannot read the source: {exc.strerror or exc}.")
         raise exc
+
+
+def verify_completed(aws: Aws, key: str, item: str, completed: dict, size: int, checksums: List[str]) -> None:
+    """The object S3 assembled must be the bytes sent: the composite CRC32 of the parts (where S3 returns one)
+    and the size. Otherwise the object and its record (which would describe an older file) are removed."""
+    problem = ""
+    remote = completed.get("ChecksumCRC32")
+    if remote and "-" in remote and remote != composite_crc32(checksums):
+        problem = f"checksum {remote} != {composite_crc32(checksums)}"
+    else:
+        got = aws.client("s3").head_object(Bucket=aws.bucket, Key=key)["ContentLength"]
+        if got != size:
+            problem = f"{got} bytes arrived, the source has {size}"
+    if problem:
+        stale = [{"Key": key}, {"Key": record_key(key)}]
+        aws.client("s3").delete_objects(Bucket=aws.bucket, Delete={"Objects": stale, "Quiet": True})
+        raise TransferError(f"{item}: the uploaded object does not match the source ({problem}); it was removed.")
 
 
 def same_part(remote: dict, chunk: bytes, checksum: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from ..aws import Aws
 from ..compat import BaseModel
 from ..errors import Interrupted, Refused, UserError
-from .catalog import ModelRecord, head_model, now_iso, read_record, write_record
+from .catalog import ModelRecord, now_iso, recorded_sha256, write_record
 from .transfer import MiB, ObjectWriter, Progress, ProgressFn, part_size_for, read_chunks
 from .types import ModelType, check_file_name, has_model_extension, model_type
 
@@ -103,14 +103,11 @@ def sha256_file(path: Path, progress: Optional[ProgressFn] = None, item: str = "
 
 def already_there(aws: Aws, key: str, path: Path, size: int, progress: Optional[ProgressFn], item: str) -> Optional[str]:
     """The sha256 when the cloud already holds this very file under this key (same size, same sha256)."""
-    head = head_model(aws, key)
-    if not head or head["ContentLength"] != size:
-        return None
-    record = read_record(aws, key)
-    if not record or not record.sha256:
+    recorded = recorded_sha256(aws, key, size)
+    if not recorded:
         return None
     local = sha256_file(path, progress, item)
-    return local if local == record.sha256 else None
+    return local if local == recorded else None
 
 
 def upload_file(aws: Aws, t: ModelType, path: Path, item: Optional[str] = None,
