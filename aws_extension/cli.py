@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -275,6 +276,15 @@ def cmd_ui(cli: Cli) -> int:
     return EXIT_OK
 
 
+def cmd_serve(cli: Cli) -> int:
+    try:
+        from .serve.server import main as serve_main
+    except ImportError as exc:
+        raise UserError(f"The inference server needs its requirements: bash container/install.sh ({exc}).") from None
+    a = cli.args
+    return serve_main(a.host, a.port, a.cache_dir, a.cache_gb)
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m aws_extension", description="Amazon SageMaker for Stable Diffusion WebUI")
@@ -344,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder the 'from WebUI' paths may reach (repeatable)")
     c.add_argument("--allow-private-urls", action="store_true", help="allow loopback and private-network URLs")
     c.add_argument("--auth", metavar="USER:PASSWORD", help="require a login, as the WebUI's --gradio-auth")
+    c = command(groups, "serve", cmd_serve, "run the inference server that endpoints run (GET /ping, POST /invocations)")
+    c.add_argument("--host", default=os.environ.get("SD_SAGEMAKER_SERVE_HOST", "127.0.0.1"),
+                   help="address to listen on (default loopback; the container image sets 0.0.0.0)")
+    c.add_argument("--port", type=int, default=8080, help="SageMaker's port is 8080; 0 picks a free one")
+    c.add_argument("--cache-dir", help="models and configs go here (else SD_SAGEMAKER_CACHE_DIR, /tmp/sd-webui-sagemaker)")
+    c.add_argument("--cache-gb", type=float, help="model cache size (else SD_SAGEMAKER_CACHE_GB, 80%% of the free disk)")
     c = command(groups, "local", cmd_local, "run the AWS emulator on loopback (no AWS account needed)")
     c.add_argument("--port", type=int, default=5005, help="0 picks a free port")
     return p

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: Chromium for the browser tests, a venv with the pinned test environment,
-# the Python 3.10 syntax check, then pytest. Offline apart from the package registries.
+# The test command: Chromium for the browser tests, a venv with the pinned test environment, the Python 3.10
+# syntax check, then pytest: the tab's environment, then the inference server's. Offline but for package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ]; then
@@ -14,4 +14,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-test.txt
 "$VENV/bin/python" -m ruff check .
-"$VENV/bin/python" -m pytest "$@"
+# The inference server runs in its own environment, made by the container image's install script
+# (CPU torch here; the image's base has CUDA torch), and its tests run there.
+SERVE_VENV=${SERVE_VENV:-.venv-serve}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0} INSTALL_EDITABLE=1 bash container/install.sh "$SERVE_VENV"
+"$SERVE_VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-serve-test.txt
+"$VENV/bin/python" -m pytest --ignore=tests/serve "$@"
+"$SERVE_VENV/bin/python" -m pytest --confcutdir=tests/serve tests/serve "$@"

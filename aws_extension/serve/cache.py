@@ -86,6 +86,14 @@ class ModelCache:
             else:
                 self._pins[eid] -= 1
 
+    def sha256(self, path: Path) -> str:
+        """The sha256 of a cached model file, computed once when it was fetched."""
+        with self._lock:
+            entry = self._entries.get(Path(path).parent.name)
+            if entry is None:
+                raise NotFound(f"{path} is not in the model cache at {self.root}.")
+            return entry["sha256"]
+
     def stats(self) -> dict:
         with self._lock:
             return {"entries": len(self._entries), "bytes": sum(e["size"] for e in self._entries.values()),
@@ -118,14 +126,14 @@ class ModelCache:
             temp = self.root / f"{TEMP}{eid}-{uuid.uuid4().hex}"
             try:
                 self._download(uri, bucket, key, etag, size, temp)
-                self._verify(uri, bucket, key, size, temp)
+                sha256 = self._verify(uri, bucket, key, size, temp)
                 (self.root / eid).mkdir(exist_ok=True)
                 os.replace(temp, self.root / eid / name)
             finally:
                 temp.unlink(missing_ok=True)
             with self._lock:
                 self._entries[eid] = {"bucket": bucket, "key": key, "etag": etag, "name": name, "size": size,
-                                      "used": 0}
+                                      "sha256": sha256, "used": 0}
                 path = self._take(eid, pin)
                 self._evict(keep=eid, uri=uri)
                 return path
@@ -179,17 +187,18 @@ class ModelCache:
         finally:
             os.close(fd)
 
-    def _verify(self, uri: str, bucket: str, key: str, size: int, temp: Path) -> None:
+    def _verify(self, uri: str, bucket: str, key: str, size: int, temp: Path) -> str:
+        """The file's sha256 (the WebUI's model hash comes from it), checked against the record if there is one."""
         if temp.stat().st_size != size:
             raise TransferError(f"Download of {uri} is {temp.stat().st_size} bytes, expected {size}.")
         expected = self._record_sha256(uri, bucket, key)
-        if expected:
-            digest = hashlib.sha256()
-            with open(temp, "rb") as f:
-                for chunk in iter(lambda: f.read(CHUNK), b""):
-                    digest.update(chunk)
-            if digest.hexdigest() != expected.lower():
-                raise TransferError(f"Download of {uri} is corrupt: its sha256 does not match its record.")
+        digest = hashlib.sha256()
+        with open(temp, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                digest.update(chunk)
+        if expected and digest.hexdigest() != expected.lower():
+            raise TransferError(f"Download of {uri} is corrupt: its sha256 does not match its record.")
+        return digest.hexdigest()
 
     def _record_sha256(self, uri: str, bucket: str, key: str) -> Optional[str]:
         # read from the model's own bucket (not aws.bucket): endpoints may load models from any bucket
@@ -235,7 +244,7 @@ class ModelCache:
         except (OSError, ValueError):
             entries = {}
         # keep only entries whose file is whole; everything else in the root is a crash's leftover
-        entries = {eid: e for eid, e in entries.items() if isinstance(e, dict) and
+        entries = {eid: e for eid, e in entries.items() if isinstance(e, dict) and e.get("sha256") and
                    (self.root / eid / str(e.get("name"))).is_file() and
                    (self.root / eid / e["name"]).stat().st_size == e.get("size")}
         for item in self.root.iterdir():

@@ -26,7 +26,8 @@ SAMPLERS: Dict[str, Tuple[str, str]] = {
 # WebUI 1.10 scheduler label (or its name, as sd_schedulers maps both) -> internal schedule
 SCHEDULES = {"Automatic": None, "Karras": "karras", "Exponential": "exponential"}
 SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential"}
-NO_SCHEDULE = {"ddim", "unipc"}  # WebUI timestep samplers ignore the schedule: another one here would differ
+# WebUI timestep samplers ignore the schedule (another one here would differ); diffusers' Euler a has no other
+NO_SCHEDULE = {"ddim", "unipc", "euler_a"}
 
 # Known WebUI options the endpoint does not do: accepted only at their WebUI default values.
 UNSUPPORTED: Dict[str, Tuple[tuple, str]] = {
@@ -42,7 +43,7 @@ UNSUPPORTED: Dict[str, Tuple[tuple, str]] = {
     "alwayson_scripts": (({}, None), "scripts and extensions such as ControlNet (alwayson_scripts)"),
     "script_name": ((None, ""), "scripts (script_name)"), "script_args": (([], None), "scripts (script_args)"),
     "tiling": ((False, None), "tiling"), "restore_faces": ((False, None), "face restoration (restore_faces)"),
-    "styles": (([], None), "saved styles (styles)"), "override_settings": (({}, None), "override_settings"),
+    "styles": (([], None), "saved styles (styles)"),
     "seed_resize_from_h": ((-1, 0, None), "seed resize (seed_resize_from_h)"),
     "seed_resize_from_w": ((-1, 0, None), "seed resize (seed_resize_from_w)"),
     "eta": ((None,), "eta"), "s_min_uncond": ((None, 0, 0.0), "s_min_uncond"), "s_churn": ((None,), "s_churn"),
@@ -51,8 +52,10 @@ UNSUPPORTED: Dict[str, Tuple[tuple, str]] = {
     "disable_extra_networks": ((False, None), "disable_extra_networks"), "infotext": ((None, ""), "infotext"),
     "image_cfg_scale": ((None,), "image_cfg_scale"), "resize_mode": ((0, None), "resize_mode"),
     "mask_blur_x": ((4, None), "mask_blur_x"), "mask_blur_y": ((4, None), "mask_blur_y"),
-    "mask_round": ((True, None), "mask_round"), "inpainting_fill": ((0, None), "inpaint fill (inpainting_fill)"),
-    "inpaint_full_res": ((True, None), "inpaint area (inpaint_full_res)"),
+    "mask_round": ((True, None), "mask_round"),
+    # masked content "original" and inpaint area "Whole picture", the WebUI UI's defaults, are what diffusers does
+    "inpainting_fill": ((1, None), "masked content other than 'original' (inpainting_fill)"),
+    "inpaint_full_res": ((False, 0, None), "inpaint area 'Only masked' (inpaint_full_res)"),
     "inpaint_full_res_padding": ((0, None), "inpaint_full_res_padding"),
     "initial_noise_multiplier": ((None, 1, 1.0), "initial_noise_multiplier"), "latent_mask": ((None,), "latent_mask"),
     "include_init_images": ((False, None), "include_init_images"),
@@ -104,6 +107,7 @@ class GenerationRequest(BaseModel):
     mask: Optional[str] = None
     mask_blur: int = 4
     inpainting_mask_invert: int = 0
+    clip_skip: int = 1  # the WebUI's CLIP_stop_at_last_layers, sent in override_settings
 
 
 def sampler_schedule(sampler_name: Optional[str], scheduler: Optional[str] = None) -> Tuple[str, str]:
@@ -216,7 +220,8 @@ def parse_request(body: dict) -> GenerationRequest:
     p = body.get("payload") or {}
     if not isinstance(p, dict):
         raise BadRequest("payload", "payload must be a JSON object")
-    known = {f for f in GenerationRequest.__fields__ if f not in ("task", "models", "sampler_id", "schedule")}
+    known = {f for f in GenerationRequest.__fields__ if f not in ("task", "models", "sampler_id", "schedule", "clip_skip")}
+    known.add("override_settings")
     for name, value in p.items():
         if name in UNSUPPORTED:
             defaults, what = UNSUPPORTED[name]
@@ -249,4 +254,20 @@ def parse_request(body: dict) -> GenerationRequest:
         values["denoising_strength"] = _number(p, "denoising_strength", float, 0, 1, 0.75)
         values["mask_blur"] = _number(p, "mask_blur", int, 0, 64, 4)
         values["inpainting_mask_invert"] = _number(p, "inpainting_mask_invert", int, 0, 1, 0)
+        if values["subseed_strength"]:
+            raise BadRequest("subseed_strength", "variation seeds (subseed_strength) are supported for txt2img only")
+    values["clip_skip"] = _override_settings(p.get("override_settings"))
     return GenerationRequest(**values)
+
+
+def _override_settings(settings) -> int:
+    """The one WebUI setting a request may override here: Clip skip (CLIP_stop_at_last_layers)."""
+    if settings in (None, {}):
+        return 1
+    if not isinstance(settings, dict):
+        raise BadRequest("override_settings", "override_settings must be an object")
+    for name in settings:
+        if name != "CLIP_stop_at_last_layers":
+            raise BadRequest(f"override_settings.{name}", f"override_settings.{name} is not supported by this "
+                                                          "endpoint (only CLIP_stop_at_last_layers)")
+    return _number(settings, "CLIP_stop_at_last_layers", int, 1, 12, 1)

@@ -1,0 +1,317 @@
+"""Generation: one checkpoint loaded at a time, VAE/LoRA/embeddings switched per request, WebUI-shaped results.
+
+LoRAs are fused into the weights and the peft layers removed again, so the modules keep the same structure
+(a compiled UNet stays valid) and there is no per-step LoRA cost; the weights they touched are kept on the CPU
+and copied back when a request asks for a different set.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from PIL import Image, ImageFilter
+
+from ..errors import Interrupted
+from .cache import ModelCache
+from .checkpoint import load_pipeline, load_vae
+from .prompts import Embeddings, encode_prompts, extract_networks
+from .request import BadRequest, GenerationRequest, resolve_seeds
+from .schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def model_name(uri: str) -> str:
+    """The WebUI names models by file stem: `<lora:name:w>`, embeddings, the infotext's Model."""
+    return uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+@dataclass
+class Loaded:
+    uri: str
+    path: Path
+    sha256: str
+    pipe: object
+    arch: object
+    scheduler_config: dict
+    vae: object  # the checkpoint's own VAE, put back when a request has no override
+    vae_uri: Optional[str] = None
+    vae_sha256: Optional[str] = None
+    loras: tuple = ()
+    lora_backup: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    embeddings: Embeddings = field(default_factory=Embeddings)
+    variants: dict = field(default_factory=dict)  # img2img / inpaint pipelines sharing the components
+
+
+@dataclass
+class Generated:
+    images: List[Image.Image]
+    seeds: List[int]
+    subseeds: List[int]
+    infotexts: List[str]
+    model_name: str
+    model_hash: str
+    vae_name: Optional[str]
+    vae_hash: Optional[str]
+    extra: Dict[str, str]  # "Lora hashes" / "TI hashes" as the WebUI's extra_generation_params
+    seconds: float
+
+
+class Engine:
+    def __init__(self, cache: ModelCache, work_dir: Path, device: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None):
+        self.cache = cache
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
+        self.config_root = Path(work_dir) / "configs"
+        self.loaded: Optional[Loaded] = None
+        self.lock = threading.Lock()  # one generation at a time: one GPU, one set of weights
+        # torch.compile: on by default on a GPU (SD_SAGEMAKER_COMPILE=off to turn it off, =on to force it)
+        wanted = os.environ.get("SD_SAGEMAKER_COMPILE", "auto").lower()
+        self.compile = wanted == "on" or (wanted == "auto" and self.device == "cuda")
+        self.compile_mode = os.environ.get("SD_SAGEMAKER_COMPILE_MODE", "reduce-overhead") or None
+        self.compile_backend = os.environ.get("SD_SAGEMAKER_COMPILE_BACKEND", "inductor")
+        self.artifacts = None
+        if self.compile and self.compile_backend == "inductor":
+            self._load_artifacts()
+
+    def _load_artifacts(self) -> None:
+        from .compiled import ArtifactStore, cache_key
+
+        try:
+            aws = self.cache.aws
+            self.artifacts = ArtifactStore(aws.client("s3"), aws.bucket, cache_key(self.compile_mode))
+            log.info("loaded %d compile cache object(s) from S3", self.artifacts.load())
+        except Exception as exc:  # no cache is slower, not broken
+            log.warning("compile cache unavailable: %s", exc)
+
+    def _save_artifacts(self, seconds: float) -> None:
+        try:
+            if self.artifacts:
+                self.artifacts.save()
+        except Exception as exc:
+            log.warning("could not save the compile cache to S3: %s", exc)
+
+    # -- models -----------------------------------------------------------------------------------------
+    def _checkpoint(self, uri: str, path: Path) -> Loaded:
+        if self.loaded and self.loaded.uri == uri and self.loaded.path == path:
+            return self.loaded
+        if self.loaded:  # free the old weights before the new ones arrive: two SDXL do not fit a 24 GB GPU
+            self.loaded = None
+            gc.collect()
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+        started = time.monotonic()
+        pipe, arch = load_pipeline(path, device=self.device, dtype=self.dtype, config_root=self.config_root)
+        pipe.set_progress_bar_config(disable=True)
+        if self.compile:
+            from .compiled import CompiledModule
+
+            CompiledModule(pipe.unet, mode=self.compile_mode, backend=self.compile_backend,
+                           on_compiled=self._save_artifacts)
+        log.info("loaded %s (%s) in %.1f s", uri, arch.kind, time.monotonic() - started)
+        self.loaded = Loaded(uri=uri, path=path, sha256=self.cache.sha256(path), pipe=pipe, arch=arch,
+                             scheduler_config=dict(pipe.scheduler.config), vae=pipe.vae)
+        return self.loaded
+
+    def _vae(self, m: Loaded, uri: Optional[str], path: Optional[Path]) -> None:
+        if uri == m.vae_uri:
+            return
+        vae = m.vae if uri is None else load_vae(path, m.arch, device=self.device, dtype=self.dtype,
+                                                 config_root=self.config_root)
+        m.pipe.vae = vae
+        for variant in m.variants.values():
+            variant.vae = vae
+        m.vae_uri, m.vae_sha256 = uri, (self.cache.sha256(path) if path else None)
+
+    def _loras(self, m: Loaded, wanted: List[Tuple[str, Path, float]]) -> None:
+        key = tuple((str(path), weight) for _, path, weight in wanted)
+        if key == m.loras:
+            return
+        pipe = m.pipe
+        modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder,
+                   "text_encoder_2": getattr(pipe, "text_encoder_2", None)}
+        with torch.no_grad():
+            for (part, name), weight in m.lora_backup.items():  # back to the checkpoint's own weights
+                modules[part].get_submodule(name).weight.copy_(weight)
+        m.lora_backup, m.loras = {}, ()
+        if not wanted:
+            return
+        names = [f"lora{i}" for i in range(len(wanted))]
+        try:
+            for adapter, (name, path, _) in zip(names, wanted):
+                try:
+                    pipe.load_lora_weights(str(path), adapter_name=adapter, unet_config=pipe.unet.config)
+                except Exception as exc:
+                    raise BadRequest("prompt", f"LoRA '{name}' could not be loaded into this "
+                                               f"{m.arch.kind.upper()} checkpoint: {exc}") from exc
+            for part, module in modules.items():
+                for sub_name, sub in (module.named_modules() if module is not None else ()):
+                    if hasattr(sub, "base_layer"):
+                        m.lora_backup[(part, sub_name)] = sub.base_layer.weight.detach().to("cpu", copy=True)
+            pipe.set_adapters(names, [weight for _, _, weight in wanted])
+            pipe.fuse_lora(adapter_names=names)
+        finally:
+            pipe.unload_lora_weights()  # the fused weights stay; the modules are plain again
+        m.loras = key
+
+    def _prepare(self, req: GenerationRequest, stack: ExitStack) -> Tuple[Loaded, str, Dict[str, str]]:
+        models = req.models
+        path = stack.enter_context(self.cache.using(models.checkpoint))
+        m = self._checkpoint(models.checkpoint, path)
+        vae_path = stack.enter_context(self.cache.using(models.vae)) if models.vae else None
+        self._vae(m, models.vae, vae_path)
+        prompt, networks = extract_networks(req.prompt)
+        by_name = {model_name(uri): uri for uri in models.lora}
+        wanted, lora_hashes = [], {}
+        for name, weight in networks:
+            if name not in by_name:
+                raise BadRequest("prompt", f"The prompt uses LoRA '{name}', which is not in models.lora "
+                                           f"({', '.join(by_name) or 'none sent'}).")
+            lora_path = stack.enter_context(self.cache.using(by_name[name]))
+            wanted.append((name, lora_path, weight))
+            lora_hashes[name] = self.cache.sha256(lora_path)[:12]
+        self._loras(m, wanted)
+        ti_hashes = {}
+        m.embeddings.clear()  # only what this request sends: the WebUI too uses only the embeddings it has
+        for uri in models.embeddings:
+            name = model_name(uri)
+            emb_path = stack.enter_context(self.cache.using(uri))
+            m.embeddings.load(name, emb_path, m.arch.kind)
+            ti_hashes[name] = self.cache.sha256(emb_path)[:12]
+        used = set(m.embeddings.used([prompt, req.negative_prompt]))
+        extra = {}
+        if lora_hashes:
+            extra["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in lora_hashes.items())
+        ti_used = {k: v for k, v in ti_hashes.items() if k in used}
+        if ti_used:
+            extra["TI hashes"] = ", ".join(f"{k}: {v}" for k, v in ti_used.items())
+        return m, prompt, extra
+
+    # -- generation -------------------------------------------------------------------------------------
+    def generate(self, req: GenerationRequest, cancel: Optional[threading.Event] = None) -> Generated:
+        from . import results  # infotext assembly lives with the response shape
+
+        cancel = cancel or threading.Event()
+        with self.lock, ExitStack() as stack, torch.inference_mode():
+            started = time.monotonic()
+            m, prompt, extra = self._prepare(req, stack)
+            embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
+                                    embeddings=m.embeddings)
+            seeds, subseeds = resolve_seeds(req.seed, req.subseed, req.batch_size, req.n_iter,
+                                            subseed_strength=req.subseed_strength)
+            images: List[Image.Image] = []
+            for i in range(req.n_iter):
+                batch = slice(i * req.batch_size, (i + 1) * req.batch_size)
+                images += self._run(m, req, embeds, seeds[batch], subseeds[batch], cancel)
+            generated = Generated(images=images, seeds=seeds, subseeds=subseeds, infotexts=[],
+                                  model_name=model_name(m.uri), model_hash=m.sha256[:10],
+                                  vae_name=model_name(m.vae_uri) if m.vae_uri else None,
+                                  vae_hash=m.vae_sha256[:10] if m.vae_sha256 else None, extra=extra,
+                                  seconds=time.monotonic() - started)
+            generated.infotexts = [results.image_infotext(req, generated, j) for j in range(len(images))]
+            return generated
+
+    def _run(self, m: Loaded, req: GenerationRequest, embeds: dict, seeds: List[int], subseeds: List[int],
+             cancel: threading.Event) -> List[Image.Image]:
+        n = len(seeds)
+        kwargs = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()}
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+        def check(pipe, step, timestep, callback_kwargs):
+            if cancel.is_set():
+                raise Interrupted("The generation was stopped because the server is shutting down.")
+            return callback_kwargs
+
+        kwargs.update(num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
+                      callback_on_step_end=check, output_type="pil")
+        pipe = m.pipe
+        if req.task == "txt2img":
+            kwargs.update(width=req.width, height=req.height,
+                          latents=self._noise(m, req, seeds, subseeds))
+        else:
+            kind = "inpaint" if req.mask else "img2img"
+            pipe = self._variant(m, kind)
+            inits = [decode_image(req.init_images[j % len(req.init_images)], "init_images").convert("RGB")
+                     for j in range(n)]
+            inits = [im.resize((req.width, req.height), Image.LANCZOS) for im in inits]
+            kwargs.update(image=inits, strength=req.denoising_strength)
+            if req.mask:
+                mask = self._mask(req)
+                kwargs.update(mask_image=mask, width=req.width, height=req.height)
+        pipe.scheduler = make_scheduler(m.scheduler_config, req.sampler_id, req.schedule, seed=seeds[0])
+        images = list(pipe(**kwargs).images)
+        if req.task == "img2img" and req.mask:  # outside the mask the picture stays the user's, pixel for pixel
+            images = [Image.composite(out.convert("RGB"), init, mask) for out, init in zip(images, inits)]
+        return images
+
+    def _noise(self, m: Loaded, req: GenerationRequest, seeds: List[int], subseeds: List[int]) -> torch.Tensor:
+        """Initial latents from each image's seed on the CPU, so a seed gives the same image on any GPU."""
+        shape = (m.pipe.unet.config.in_channels, req.height // m.pipe.vae_scale_factor,
+                 req.width // m.pipe.vae_scale_factor)
+        noise = []
+        for seed, subseed in zip(seeds, subseeds):
+            x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+            if req.subseed_strength:
+                y = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed))
+                x = slerp(req.subseed_strength, x, y)
+            noise.append(x)
+        return torch.stack(noise).to(self.device, self.dtype)
+
+    def _variant(self, m: Loaded, kind: str):
+        if kind not in m.variants:
+            import diffusers
+
+            sdxl = m.arch.kind == "sdxl"
+            name = {("img2img", False): "StableDiffusionImg2ImgPipeline",
+                    ("img2img", True): "StableDiffusionXLImg2ImgPipeline",
+                    ("inpaint", False): "StableDiffusionInpaintPipeline",
+                    ("inpaint", True): "StableDiffusionXLInpaintPipeline"}[(kind, sdxl)]
+            variant = getattr(diffusers, name).from_pipe(m.pipe)
+            variant.set_progress_bar_config(disable=True)
+            m.variants[kind] = variant
+        return m.variants[kind]
+
+    @staticmethod
+    def _mask(req: GenerationRequest) -> Image.Image:
+        mask = decode_image(req.mask, "mask")
+        if mask.mode in ("RGBA", "LA"):  # the WebUI's inpaint sketch sends the mask in the alpha channel
+            mask = mask.getchannel("A") if mask.getextrema()[-1][0] < 255 else mask.convert("L")
+        mask = mask.convert("L").point(lambda v: 255 if v > 128 else 0)  # mask_round, as the WebUI does
+        mask = mask.resize((req.width, req.height), Image.LANCZOS)
+        if req.inpainting_mask_invert:
+            mask = mask.point(lambda v: 255 - v)
+        if req.mask_blur:
+            mask = mask.filter(ImageFilter.GaussianBlur(req.mask_blur))
+        return mask
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two noises (the WebUI's variation seed)."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    dot = (a_n * b_n).sum().clamp(-1, 1)
+    if dot.abs() > 0.9995:
+        return (1 - t) * a + t * b
+    omega = torch.acos(dot)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def decode_image(data: str, field_name: str) -> Image.Image:
+    import base64
+    import io
+
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+        return image
+    except Exception as exc:
+        raise BadRequest(field_name, f"{field_name} could not be read as an image ({exc})") from None

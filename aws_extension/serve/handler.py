@@ -1,0 +1,144 @@
+"""The one request handler behind both entry points (our HTTP server and AWS's prebuilt PyTorch container).
+
+The engine (torch, diffusers: ~10 s to import, more on a cold disk) starts in a background thread, so /ping
+answers at once while it loads; an invocation that arrives meanwhile waits for it. Every failure comes back
+as a status and a sentence naming what to fix; nothing takes the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+from ..errors import Interrupted, NotFound, UserError
+from .request import BadRequest, parse_request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = "/tmp/sd-webui-sagemaker"
+START_TIMEOUT = 900.0  # an invocation waits this long for the engine (first start on a cold instance)
+
+
+def default_cache_bytes(folder: Path) -> int:
+    """SD_SAGEMAKER_CACHE_GB, else 80% of the disk space there (endpoints have one disk for everything)."""
+    if os.environ.get("SD_SAGEMAKER_CACHE_GB"):
+        return int(float(os.environ["SD_SAGEMAKER_CACHE_GB"]) * 1024 ** 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    return int(shutil.disk_usage(folder).free * 0.8)
+
+
+class Handler:
+    def __init__(self, make_engine: Callable[[], object]):
+        self._engine = None
+        self._failure: Optional[str] = None
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._cancel = threading.Event()
+        self._busy = threading.Condition()
+        self._inflight = 0
+        self.started_at = time.monotonic()
+        threading.Thread(target=self._start, args=(make_engine,), name="engine-start", daemon=True).start()
+
+    @classmethod
+    def from_environment(cls, cache_dir: Optional[str] = None, cache_bytes: Optional[int] = None) -> "Handler":
+        """Models from S3 with the instance's credentials; SD_SAGEMAKER_CACHE_DIR / _CACHE_GB size the disk cache."""
+        root = Path(cache_dir or os.environ.get("SD_SAGEMAKER_CACHE_DIR") or DEFAULT_DIR)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing from a model hub, ever
+
+        def make_engine():
+            from ..aws import Aws
+            from ..config import Settings
+            from .cache import ModelCache
+            from .engine import Engine
+
+            cache = ModelCache(Aws(Settings.resolve()), root / "models",
+                               cache_bytes or default_cache_bytes(root / "models"))
+            return Engine(cache, root)
+
+        return cls(make_engine)
+
+    def _start(self, make_engine) -> None:
+        try:
+            self._engine = make_engine()
+            log.info("engine ready in %.1f s", time.monotonic() - self.started_at)
+        except BaseException as exc:  # noqa: B036 - reported on /ping and to every invocation, never raised here
+            log.exception("the engine could not start")
+            self._failure = f"The inference server could not start: {exc}"
+        finally:
+            self._ready.set()
+
+    # -- the SageMaker contract ---------------------------------------------------------------------------
+    def ping(self) -> Tuple[int, dict]:
+        if self._failure:
+            return 500, {"status": "failed", "error": self._failure}
+        if not self._engine:
+            return 200, {"status": "loading"}
+        return 200, {"status": "ready", "cache": self._engine.cache.stats()}
+
+    def invoke(self, body: bytes, content_type: str = "application/json") -> Tuple[int, dict]:
+        if self._closing.is_set():
+            return 503, {"error": "The server is shutting down; send the request again."}
+        with self._busy:
+            self._inflight += 1
+        try:
+            return self._invoke(body, content_type)
+        finally:
+            with self._busy:
+                self._inflight -= 1
+                self._busy.notify_all()
+
+    def _invoke(self, body: bytes, content_type: str) -> Tuple[int, dict]:
+        if content_type and "json" not in content_type.lower():
+            return 415, {"error": f"Content type {content_type!r} is not supported: send application/json."}
+        try:
+            data = json.loads(body or b"null")
+        except ValueError as exc:  # also bad UTF-8
+            return 400, {"error": f"The body is not valid JSON ({exc}).", "field": "body"}
+        try:
+            req = parse_request(data)
+        except BadRequest as exc:
+            return 400, {"error": str(exc), "field": exc.field}
+        if not self._ready.wait(START_TIMEOUT):
+            return 503, {"error": "The inference server is still starting; try again in a minute."}
+        if self._failure:
+            return 500, {"error": self._failure}
+        try:
+            from .results import response
+
+            generated = self._engine.generate(req, self._cancel)
+            return 200, response(req, data.get("payload") or {}, generated)
+        except BadRequest as exc:
+            return 400, {"error": str(exc), "field": exc.field}
+        except NotFound as exc:
+            return 404, {"error": str(exc)}
+        except Interrupted as exc:
+            return 503, {"error": str(exc)}
+        except UserError as exc:  # a model that cannot be fetched or loaded, a refused file
+            return 422, {"error": str(exc)}
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":
+                import torch
+
+                torch.cuda.empty_cache()
+                return 507, {"error": f"Out of GPU memory at {req.width}x{req.height} with batch_size "
+                                      f"{req.batch_size}: lower the size or the batch."}
+            log.exception("invocation failed")
+            return 500, {"error": f"Generation failed: {type(exc).__name__}: {exc}"}
+
+    def close(self, timeout: float = 25.0) -> bool:
+        """Take no more work; let what runs finish, stopping it at the deadline. True when nothing is left."""
+        self._closing.set()
+        deadline = time.monotonic() + timeout
+        with self._busy:
+            # most of the time to finish; the rest to stop at the next step and answer 503
+            self._busy.wait_for(lambda: self._inflight == 0, timeout=max(0.0, timeout - 5))
+            if self._inflight:
+                log.warning("stopping %d running generation(s) to shut down", self._inflight)
+                self._cancel.set()
+            return self._busy.wait_for(lambda: self._inflight == 0, timeout=max(0.0, deadline - time.monotonic()))
