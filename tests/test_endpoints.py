@@ -92,7 +92,8 @@ def test_deploy_with_defaults(aws, raw):
     assert config["AsyncInferenceConfig"]["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 1}
     model = sm.describe_model(ModelName=record.name)
     assert model["PrimaryContainer"]["Image"] == emulator_module.LOCAL_IMAGE
-    assert model["PrimaryContainer"]["Environment"] == {"SD_SAGEMAKER_BUCKET": aws.bucket}
+    assert model["PrimaryContainer"]["Environment"] == {
+        "SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": emulator_module.REGION, "HF_HUB_OFFLINE": "1"}
     assert model["ExecutionRoleArn"] == emulator_module.ROLE_ARN
 
     endpoint = sm.describe_endpoint(EndpointName=record.name)
@@ -166,15 +167,18 @@ def test_no_role_no_image(aws, raw, monkeypatch):
     monkeypatch.setattr(aws.settings, "role_arn", None)
     with pytest.raises(ConfigError, match="setup --create-role"):
         endpoints.deploy(aws, EndpointSpec(name="ep"))
+    assert inventory(raw) == EMPTY
     monkeypatch.setattr(aws.settings, "image_uri", None)
     role, _ = ensure_role(aws)  # `setup --create-role` made it: found without being named
-    with pytest.raises(ConfigError, match="SD_SAGEMAKER_IMAGE_URI"):
-        endpoints.deploy(aws, EndpointSpec(name="ep"))
-    assert inventory(raw) == EMPTY
 
     endpoints.deploy(aws, EndpointSpec(name="ep", image_uri="123.dkr.ecr/sd:1"), background=False)
     model = raw("sagemaker").describe_model(ModelName="ep")
     assert (model["ExecutionRoleArn"], model["PrimaryContainer"]["Image"]) == (role, "123.dkr.ecr/sd:1")
+    # no image at all: AWS's prebuilt PyTorch image with our server as its code (tests/test_deploy_container.py)
+    endpoints.deploy(aws, EndpointSpec(name="ep2"), background=False)
+    model = raw("sagemaker").describe_model(ModelName="ep2")
+    assert model["PrimaryContainer"]["Image"].startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:")
+    assert model["PrimaryContainer"]["ModelDataUrl"].startswith(f"s3://{aws.bucket}/code/")
 
 
 def autoscaling_of(raw) -> tuple:

@@ -14,7 +14,7 @@ from ..aws import Aws, translate
 from ..bootstrap import find_role
 from ..compat import BaseModel, ValidationError
 from ..errors import ConfigError, NotFound, Refused, UserError
-from . import catalog, scaling
+from . import catalog, code_package, images, scaling
 from .catalog import EndpointRecord
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 TYPES = {"async": "async", "real-time": "real-time", "realtime": "real-time", "real_time": "real-time"}
 STARTUP_TIMEOUT = 600  # seconds for the image pull plus the server's first /ping; SD images are large
+# AWS's prebuilt image first pip-installs the server's requirements (diffusers, transformers...) from PyPI
+PREBUILT_STARTUP_TIMEOUT = 1500
 
 POLL_SECONDS = 5.0  # tests shrink this
 SETTLE_SECONDS = 45 * 60  # a GPU endpoint takes ~3-10 min; AWS gives up on its own well before this
@@ -30,8 +32,16 @@ MAX_POLL_ERRORS = 10
 
 NO_ROLE = ("No SageMaker execution role: pass --role-arn, set SD_SAGEMAKER_ROLE_ARN, "
            "or run `python -m aws_extension setup --create-role`.")
-NO_IMAGE = ("No inference image: pass --image-uri or set SD_SAGEMAKER_IMAGE_URI to the ECR URI of the image "
-            "built from container/.")
+# AWS's prebuilt PyTorch image runs SageMaker's inference toolkit (TorchServe) on our code package
+TOOLKIT_ENVIRONMENT = {
+    "SAGEMAKER_PROGRAM": "inference.py",
+    "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+    "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # one GPU, one pipeline
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "3600",  # seconds per invocation: long generations (async allows an hour)
+    "TS_DEFAULT_STARTUP_TIMEOUT": "600",  # TorchServe's limit for a worker's start (model_fn returns at once)
+    "TS_MAX_REQUEST_SIZE": str(100 * 1024 * 1024),  # base64 images both ways (TorchServe's default is 6.5 MB)
+    "TS_MAX_RESPONSE_SIZE": str(100 * 1024 * 1024),
+}
 
 
 class EndpointSpec(BaseModel):
@@ -122,12 +132,22 @@ def _refuse_taken(aws: Aws, name: str) -> None:
                           f"or remove it (`python -m aws_extension cleanup` removes ours).")
 
 
-def endpoint_config(name: str, spec: EndpointSpec, bucket: str) -> dict:
+def container_spec(aws: Aws, image_uri: Optional[str]) -> dict:
+    """The model's PrimaryContainer: that image, else AWS's prebuilt PyTorch image running our code package."""
+    environment = {"SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": aws.region, "HF_HUB_OFFLINE": "1"}
+    if image_uri:
+        return {"Image": image_uri, "Environment": environment}
+    image = images.prebuilt_image_uri(aws.region)  # refuses an unknown region before anything is uploaded
+    environment.update(TOOLKIT_ENVIRONMENT, SAGEMAKER_REGION=aws.region)
+    return {"Image": image, "ModelDataUrl": code_package.ensure_uploaded(aws), "Environment": environment}
+
+
+def endpoint_config(name: str, spec: EndpointSpec, bucket: str, startup_timeout: int = STARTUP_TIMEOUT) -> dict:
     config = {"EndpointConfigName": name, "ProductionVariants": [{
         "VariantName": scaling.VARIANT, "ModelName": name, "InstanceType": spec.instance_type,
         "InitialInstanceCount": max(1, spec.min_instances or 0),  # AWS needs >= 1 at creation, even for async
         "InitialVariantWeight": 1.0,
-        "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT,
+        "ContainerStartupHealthCheckTimeoutInSeconds": startup_timeout,
         "ModelDataDownloadTimeoutInSeconds": STARTUP_TIMEOUT,
     }]}
     if spec.endpoint_type == "async":
@@ -157,9 +177,7 @@ def deploy(aws: Aws, spec: EndpointSpec, background: bool = True) -> EndpointRec
     role = spec.role_arn or aws.settings.role_arn or find_role(aws)
     if not role:
         raise ConfigError(NO_ROLE)
-    image = spec.image_uri or aws.settings.image_uri
-    if not image:
-        raise ConfigError(NO_IMAGE)
+    image = spec.image_uri or aws.settings.image_uri  # none: AWS's prebuilt image with our code package
     name = spec.name or random_name(spec.endpoint_type)
     for _ in range(5):  # a generated name that happens to be taken: draw another
         if spec.name or not _exists(aws, "endpoint", name):
@@ -171,12 +189,13 @@ def deploy(aws: Aws, spec: EndpointSpec, background: bool = True) -> EndpointRec
     sm = aws.client("sagemaker")
     created: List[str] = []
     try:
+        container = container_spec(aws, image)
         with translate("creating its model"):
-            sm.create_model(ModelName=name, ExecutionRoleArn=role, Tags=tags, PrimaryContainer={
-                "Image": image, "Environment": {"SD_SAGEMAKER_BUCKET": bucket}})
+            sm.create_model(ModelName=name, ExecutionRoleArn=role, Tags=tags, PrimaryContainer=container)
         created.append("model")
+        startup = STARTUP_TIMEOUT if image else PREBUILT_STARTUP_TIMEOUT
         with translate("creating its endpoint config"):
-            sm.create_endpoint_config(**endpoint_config(name, spec, bucket), Tags=tags)
+            sm.create_endpoint_config(**endpoint_config(name, spec, bucket, startup), Tags=tags)
         created.append("endpoint config")
         with translate("creating the endpoint"):
             sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)

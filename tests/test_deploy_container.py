@@ -1,0 +1,302 @@
+"""Deploying without an image: AWS's prebuilt PyTorch image plus our server as the model's code package.
+
+Against the emulator: the model's container, the package in S3 (uploaded once), the endpoint config's startup
+timeout; offline: the package's determinism, the requirement lists agreeing, and the toolkit entry functions
+(with stand-ins for the handler and for the toolkit, which is not installed here).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gzip
+import importlib.util
+import inspect
+import io
+import json
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import pytest
+
+from inventory import NOTHING, cloud_inventory
+from aws_extension import endpoints
+from aws_extension.aws import Aws
+from aws_extension.config import Settings
+from aws_extension.endpoints import EndpointSpec, code_package, images
+from aws_extension.errors import ConfigError
+from aws_extension.local import emulator as emulator_module
+from aws_extension.serve import toolkit_entry
+
+deploy_module = sys.modules["aws_extension.endpoints.deploy"]
+ROOT = Path(__file__).resolve().parent.parent
+PREBUILT_US_EAST_1 = ("763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+                      "pytorch-inference:2.6.0-gpu-py312-cu124-ubuntu22.04-sagemaker")
+
+
+@pytest.fixture
+def no_image(aws, monkeypatch):
+    monkeypatch.setattr(aws.settings, "image_uri", None)  # the emulator's environment names a local image
+    return aws
+
+
+def put_counter(aws: Aws) -> list:
+    calls: list = []
+    aws.client("s3").meta.events.register("before-parameter-build.s3.PutObject", lambda **kw: calls.append(kw["params"]["Key"]))
+    return calls
+
+
+def model_of(aws: Aws, name: str) -> dict:
+    return aws.client("sagemaker").describe_model(ModelName=name)["PrimaryContainer"]
+
+
+def variant_of(aws: Aws, name: str) -> dict:
+    return aws.client("sagemaker").describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"][0]
+
+
+def package_at(aws: Aws, url: str) -> tarfile.TarFile:
+    bucket, key = url[len("s3://"):].split("/", 1)
+    data = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    return tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+
+
+def test_deploy_without_image_uses_the_prebuilt_image_and_our_code_package(no_image):
+    aws = no_image
+    endpoints.deploy(aws, EndpointSpec(name="sd-prebuilt"), background=False)
+    container = model_of(aws, "sd-prebuilt")
+    assert container["Image"] == PREBUILT_US_EAST_1 == images.prebuilt_image_uri(emulator_module.REGION)
+    url = container["ModelDataUrl"]
+    assert url.startswith(f"s3://{aws.bucket}/code/sd-webui-sagemaker-") and url.endswith(".tar.gz")
+
+    env = container["Environment"]
+    assert {k: env[k] for k in ("SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SAGEMAKER_REGION",
+                                "SAGEMAKER_MODEL_SERVER_WORKERS", "HF_HUB_OFFLINE", "SD_SAGEMAKER_BUCKET",
+                                "AWS_DEFAULT_REGION")} == {
+        "SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+        "SAGEMAKER_REGION": "us-east-1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "HF_HUB_OFFLINE": "1",
+        "SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": "us-east-1"}
+    assert int(env["SAGEMAKER_MODEL_SERVER_TIMEOUT"]) >= 3600
+    assert int(env["TS_MAX_REQUEST_SIZE"]) >= 100 * 1024 * 1024 and int(env["TS_MAX_RESPONSE_SIZE"]) >= 100 * 1024 * 1024
+    # the toolkit pip-installs the requirements before its first /ping: a longer startup allowance
+    assert variant_of(aws, "sd-prebuilt")["ContainerStartupHealthCheckTimeoutInSeconds"] == \
+        deploy_module.PREBUILT_STARTUP_TIMEOUT > deploy_module.STARTUP_TIMEOUT
+
+    with package_at(aws, url) as tar:
+        names = tar.getnames()
+        assert {"code/inference.py", "code/requirements.txt", "code/aws_extension/__init__.py",
+                "code/aws_extension/serve/toolkit_entry.py", "code/aws_extension/endpoints/deploy.py"} <= set(names)
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or not n.startswith("code/")]
+        entry = tar.extractfile("code/inference.py").read()
+        requirements = tar.extractfile("code/requirements.txt").read().decode()
+    assert entry == (ROOT / "aws_extension" / "serve" / "toolkit_entry.py").read_bytes()
+    lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "torch==2.6.0"  # the image's torch, held so pip cannot replace it
+    assert lines[1:] == [*code_package.SERVER_REQUIREMENTS, "clip-anytorch==2.6.0"]
+
+
+def test_a_second_deploy_reuses_the_package(no_image):
+    aws = no_image
+    puts = put_counter(aws)
+    endpoints.deploy(aws, EndpointSpec(name="first"), background=False)
+    url = model_of(aws, "first")["ModelDataUrl"]
+    key = url.split("/", 3)[3]
+    assert puts == [key]
+    s3 = aws.client("s3")
+    before = s3.head_object(Bucket=aws.bucket, Key=key)
+
+    endpoints.deploy(aws, EndpointSpec(name="second", endpoint_type="real-time"), background=False)
+    assert model_of(aws, "second")["ModelDataUrl"] == url
+    assert puts == [key]  # no second upload
+    after = s3.head_object(Bucket=aws.bucket, Key=key)
+    assert (after["ETag"], after["LastModified"]) == (before["ETag"], before["LastModified"])
+    assert variant_of(aws, "second")["ContainerStartupHealthCheckTimeoutInSeconds"] == \
+        deploy_module.PREBUILT_STARTUP_TIMEOUT
+    listed = s3.list_objects_v2(Bucket=aws.bucket, Prefix="code/").get("Contents", [])
+    assert [o["Key"] for o in listed] == [key]
+
+
+def test_with_an_image_uri_there_is_no_code_package(aws):
+    puts = put_counter(aws)
+    endpoints.deploy(aws, EndpointSpec(name="custom", image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/sd:1"),
+                     background=False)
+    container = model_of(aws, "custom")
+    assert container["Image"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/sd:1"
+    assert "ModelDataUrl" not in container
+    assert container["Environment"] == {"SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": "us-east-1",
+                                        "HF_HUB_OFFLINE": "1"}
+    assert variant_of(aws, "custom")["ContainerStartupHealthCheckTimeoutInSeconds"] == deploy_module.STARTUP_TIMEOUT
+    assert puts == []
+
+
+def test_unknown_region_is_refused_by_name(aws_env, no_image, monkeypatch):
+    with pytest.raises(ConfigError, match="'xx-nowhere-1'.*SD_SAGEMAKER_IMAGE_URI"):
+        images.prebuilt_image_uri("xx-nowhere-1")
+    elsewhere = Aws(Settings.resolve(flags={"region": "xx-nowhere-1"}))
+    with pytest.raises(ConfigError, match="xx-nowhere-1"):
+        deploy_module.container_spec(elsewhere, None)
+    assert deploy_module.container_spec(elsewhere, "my/image:1")["Image"] == "my/image:1"
+
+    # a whole deploy: refused before anything is created or uploaded
+    aws = no_image
+    monkeypatch.delitem(images.ACCOUNTS, "us-east-1")
+    with pytest.raises(ConfigError, match="'us-east-1'"):
+        endpoints.deploy(aws, EndpointSpec(name="nowhere"), background=False)
+    assert cloud_inventory(lambda service: aws.client(service)) == NOTHING
+    assert "Contents" not in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix="code/")
+
+
+def test_prebuilt_image_per_region():
+    assert images.prebuilt_image_uri("eu-west-1").startswith("763104351884.dkr.ecr.eu-west-1.amazonaws.com/")
+    assert images.prebuilt_image_uri("af-south-1").startswith("626614931356.dkr.ecr.af-south-1.amazonaws.com/")
+    assert images.prebuilt_image_uri("cn-north-1").startswith("727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/")
+    assert images.TORCH_VERSION == "2.6.0"
+
+
+def test_the_package_is_deterministic(monkeypatch):
+    first, second = code_package.build(), code_package.build()
+    assert first == second
+    assert first.key.startswith("code/sd-webui-sagemaker-") and len(first.key) == len("code/sd-webui-sagemaker-") + 16 + 7
+    assert first.data[4:8] == b"\0\0\0\0"  # no time in the gzip header
+    with tarfile.open(fileobj=io.BytesIO(first.data), mode="r:gz") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == sorted(m.name for m in members)
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == \
+        {(code_package.MTIME, 0, 0, "", "", 0o644)}
+    # another source, another key
+    monkeypatch.setattr(code_package, "SERVER_REQUIREMENTS", code_package.SERVER_REQUIREMENTS + ("extra==1",))
+    assert code_package.build().key != first.key
+    assert gzip.decompress(first.data)  # a valid gzip stream
+
+
+def test_the_requirement_lists_agree():
+    text = (ROOT / "container" / "requirements.txt").read_text()
+    listed = [line.split("#")[0].strip() for line in text.splitlines()]
+    assert [line for line in listed if line] == list(code_package.SERVER_REQUIREMENTS)
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    assert extra == list(code_package.SERVER_REQUIREMENTS)
+    assert not any(line.split("=")[0].split(">")[0] in ("torch", "clip-anytorch") for line in listed if line)
+    install = (ROOT / "container" / "install.sh").read_text()
+    assert f'CLIP="{code_package.CLIP}"' in install and "--no-deps" in install
+    dockerfile = (ROOT / "container" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "aws_extension"]' in dockerfile and 'CMD ["serve"]' in dockerfile
+    assert "EXPOSE 8080" in dockerfile and "container/install.sh python" in dockerfile
+
+
+# -- the toolkit entry (code/inference.py) -----------------------------------------------------------------------
+class StandInHandler:
+    def __init__(self, answer=(200, {"images": ["AAAA"], "parameters": {}, "info": "x"})):
+        self.answer = answer
+        self.calls: list = []
+        self.closed = None
+
+    def invoke(self, body: bytes, content_type: str = "application/json"):
+        self.calls.append((body, content_type))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def close(self, timeout: float) -> None:
+        self.closed = timeout
+
+
+class StandInContext:
+    """The toolkit's request context, as far as output_fn uses it (TorchServe's Context.set_response_status)."""
+
+    def __init__(self):
+        self.status = None
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status = (code, phrase, idx)
+
+
+def test_the_toolkit_calls_what_it_expects():
+    # the toolkit passes its request context when a function takes one more parameter than it sends
+    assert [len(inspect.signature(f).parameters) for f in (toolkit_entry.model_fn, toolkit_entry.input_fn,
+                                                            toolkit_entry.predict_fn, toolkit_entry.output_fn)] == \
+        [1, 2, 2, 3]
+
+
+@pytest.mark.parametrize("body, content_type, expected", [
+    ('{"prompt": "a"}', "application/json", (b'{"prompt": "a"}', "application/json")),  # JSON comes decoded
+    (bytearray(b'{"prompt": "b"}'), "application/json; charset=utf-8",
+     (b'{"prompt": "b"}', "application/json; charset=utf-8")),
+    (b"\x89PNG", "image/png", (b"\x89PNG", "image/png")),  # the handler refuses it (415), not input_fn
+    (None, None, (b"", "application/json")),
+    ("{}", "  ", (b"{}", "application/json")),
+])
+def test_input_fn(body, content_type, expected):
+    assert toolkit_entry.input_fn(body, content_type) == expected
+
+
+def test_predict_and_output_for_a_good_request():
+    handler = StandInHandler()
+    data = toolkit_entry.input_fn('{"prompt": "a cat"}', "application/json")
+    prediction = toolkit_entry.predict_fn(data, handler)
+    assert handler.calls == [(b'{"prompt": "a cat"}', "application/json")]
+    for accept in ("application/json", "*/*", None, "image/png"):  # JSON whatever Accept says
+        context = StandInContext()
+        body, content_type = toolkit_entry.output_fn(prediction, accept, context)
+        assert (json.loads(body), content_type, context.status) == (handler.answer[1], "application/json", None)
+
+
+def test_an_error_answer_keeps_its_status():
+    answer = {"error": "steps must be 1 to 150", "field": "steps"}
+    prediction = toolkit_entry.predict_fn((b"{}", "application/json"), StandInHandler((400, answer)))
+    assert prediction == (400, answer)
+    context = StandInContext()
+    body, content_type = toolkit_entry.output_fn(prediction, "application/json", context)
+    assert (json.loads(body), content_type, context.status) == (answer, "application/json", (400, "Bad Request", 0))
+
+    # no request context: the toolkit's error type, which it answers with the same status
+    with pytest.raises(toolkit_entry.InvocationError) as raised:
+        toolkit_entry.output_fn((404, {"error": "no such model"}), None)
+    error = raised.value
+    assert (error.status_code, json.loads(error.message), error.phrase) == (404, {"error": "no such model"}, "Not Found")
+
+
+def test_a_failing_handler_is_a_500_answer():
+    status, answer = toolkit_entry.predict_fn((b"{}", "application/json"), StandInHandler(RuntimeError("CUDA error")))
+    assert status == 500 and "CUDA error" in answer["error"]
+
+
+def test_the_entry_as_the_toolkit_loads_it(tmp_path, monkeypatch):
+    """code/inference.py from the package, imported as `inference` beside its aws_extension, the toolkit present."""
+    with tarfile.open(fileobj=io.BytesIO(code_package.build().data), mode="r:gz") as tar:
+        tar.extractall(tmp_path)
+    code = tmp_path / "code"
+
+    class ToolkitError(Exception):  # the shape of sagemaker_inference.errors.GenericInferenceToolkitError
+        def __init__(self, status_code, message=None, phrase=None):
+            self.status_code, self.message, self.phrase = status_code, message, phrase or message
+            super().__init__(status_code, message, phrase)
+
+    errors_module = types.ModuleType("sagemaker_inference.errors")
+    errors_module.GenericInferenceToolkitError = ToolkitError
+    monkeypatch.setitem(sys.modules, "sagemaker_inference", types.ModuleType("sagemaker_inference"))
+    monkeypatch.setitem(sys.modules, "sagemaker_inference.errors", errors_module)
+    handler = StandInHandler((503, {"error": "still starting"}))
+    handler_module = types.ModuleType("aws_extension.serve.handler")
+    handler_module.Handler = types.SimpleNamespace(from_environment=lambda: handler)
+    monkeypatch.setitem(sys.modules, "aws_extension.serve.handler", handler_module)
+    registered: list = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *args: registered.append((fn, args)))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    spec = importlib.util.spec_from_file_location("inference", code / "inference.py")
+    inference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inference)
+    assert sys.path[0] == str(code)  # its aws_extension imports from code/
+    assert issubclass(inference.InvocationError, ToolkitError)
+
+    model = inference.model_fn("/opt/ml/model")
+    assert model is handler
+    [(close, args)] = registered
+    close(*args)
+    assert handler.closed == inference.CLOSE_SECONDS
+    prediction = inference.predict_fn(inference.input_fn('{"prompt": "x"}', "application/json"), model)
+    with pytest.raises(ToolkitError) as raised:
+        inference.output_fn(prediction, "application/json")
+    assert (raised.value.status_code, raised.value.phrase) == (503, "Service Unavailable")
