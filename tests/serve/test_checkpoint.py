@@ -20,7 +20,6 @@ import torch  # noqa: E402
 from diffusers import (AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline,  # noqa: E402
                        UNet2DConditionModel)
 from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 import tiny_models as tm  # noqa: E402
 from aws_extension.errors import UserError  # noqa: E402
@@ -234,29 +233,6 @@ def test_a_checkpoint_missing_some_weights_is_refused(tiny, tmp_path):
 
 # ---------------------------------------------------------------- real sizes, no weights allocated
 
-SD15_UNET = dict(sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, cross_attention_dim=768,
-                 attention_head_dim=8, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, in_channels=4, out_channels=4,
-                 act_fn="silu", center_input_sample=False, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
-                 mid_block_scale_factor=1, norm_eps=1e-05, norm_num_groups=32)
-SDXL_UNET = dict(sample_size=128, block_out_channels=[320, 640, 1280], layers_per_block=2, cross_attention_dim=2048,
-                 attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
-                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], in_channels=4,
-                 out_channels=4, use_linear_projection=True, addition_embed_type="text_time",
-                 addition_embed_type_num_heads=64, addition_time_embed_dim=256,
-                 projection_class_embeddings_input_dim=2816, mid_block_type="UNetMidBlock2DCrossAttn", norm_eps=1e-05,
-                 norm_num_groups=32, time_embedding_type="positional", upcast_attention=None)
-SD15_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4, in_channels=3, out_channels=3, latent_channels=4,
-                layers_per_block=2, norm_num_groups=32, act_fn="silu", sample_size=512)
-SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              max_position_embeddings=77, vocab_size=49408, hidden_act="gelu", projection_dim=1280)
-
-
 def full_config(cls, config: dict) -> dict:
     """config with every default of cls filled in, as JSON values: two configs that build the same model compare equal."""
     params = inspect.signature(cls.__init__).parameters
@@ -269,11 +245,8 @@ def full_config(cls, config: dict) -> dict:
 def test_real_size_checkpoints_give_the_standard_configs(tmp_path, monkeypatch, kind):
     sdxl = kind == "sdxl"
     with torch.device("meta"):  # shapes only
-        unet = UNet2DConditionModel(**(SDXL_UNET if sdxl else SD15_UNET))
-        vae = AutoencoderKL(**(SDXL_VAE if sdxl else SD15_VAE))
-        te = CLIPTextModel(CLIPTextConfig(**CLIP_L))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G)) if sdxl else None
-    path = tm.save_header_only(tm.checkpoint_state_dict(kind, unet, vae, te, te2), tmp_path / "big.safetensors")
+        models = tm.real_models(kind)
+    path = tm.save_header_only(tm.checkpoint_state_dict(kind, **models), tmp_path / "big.safetensors")
     assert path.stat().st_size > 1.9e9  # the header describes gigabytes; detection must not read them
     monkeypatch.setattr(ck, "load_file", None)
     arch = detect(path)
@@ -281,10 +254,11 @@ def test_real_size_checkpoints_give_the_standard_configs(tmp_path, monkeypatch, 
     folder = config_dir(arch, tmp_path / "configs")
     read = lambda rel: json.loads((folder / rel).read_text())  # noqa: E731
     assert full_config(UNet2DConditionModel, read("unet/config.json")) == \
-        full_config(UNet2DConditionModel, SDXL_UNET if sdxl else SD15_UNET)
+        full_config(UNet2DConditionModel, tm.REAL_SDXL_UNET if sdxl else tm.REAL_SD15_UNET)
     assert full_config(AutoencoderKL, read("vae/config.json")) == \
-        full_config(AutoencoderKL, SDXL_VAE if sdxl else SD15_VAE)
-    for rel, standard in [("text_encoder/config.json", CLIP_L)] + ([("text_encoder_2/config.json", CLIP_G)] * sdxl):
+        full_config(AutoencoderKL, tm.REAL_SDXL_VAE if sdxl else tm.REAL_SD15_VAE)
+    encoders = [("text_encoder/config.json", tm.REAL_CLIP_L)] + [("text_encoder_2/config.json", tm.REAL_CLIP_G)] * sdxl
+    for rel, standard in encoders:
         got = read(rel)
         assert {k: got[k] for k in standard} == standard, rel
     assert read("model_index.json")["_class_name"] == ("StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline")

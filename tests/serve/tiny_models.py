@@ -315,6 +315,49 @@ def save_header_only(shapes: Dict[str, tuple], path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- real sizes (SD 1.5, SDXL base), random weights
+REAL_SD15_UNET = dict(sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, cross_attention_dim=768,
+                 attention_head_dim=8, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, in_channels=4, out_channels=4,
+                 act_fn="silu", center_input_sample=False, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+                 mid_block_scale_factor=1, norm_eps=1e-05, norm_num_groups=32)
+REAL_SDXL_UNET = dict(sample_size=128, block_out_channels=[320, 640, 1280], layers_per_block=2, cross_attention_dim=2048,
+                 attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], in_channels=4,
+                 out_channels=4, use_linear_projection=True, addition_embed_type="text_time",
+                 addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816, mid_block_type="UNetMidBlock2DCrossAttn", norm_eps=1e-05,
+                 norm_num_groups=32, time_embedding_type="positional", upcast_attention=None)
+REAL_SD15_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, in_channels=3, out_channels=3, latent_channels=4,
+                layers_per_block=2, norm_num_groups=32, act_fn="silu", sample_size=512)
+REAL_SDXL_VAE = dict(REAL_SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+REAL_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")
+REAL_CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              max_position_embeddings=77, vocab_size=49408, hidden_act="gelu", projection_dim=1280)
+
+
+
+
+def real_models(kind: str, seed: int = 0) -> Dict[str, torch.nn.Module]:
+    """The real architectures with random weights (same compute as the real models); on the meta device for shapes."""
+    sdxl = kind == "sdxl"
+    torch.manual_seed(seed)
+    models = {"unet": UNet2DConditionModel(**(REAL_SDXL_UNET if sdxl else REAL_SD15_UNET)),
+              "vae": AutoencoderKL(**(REAL_SDXL_VAE if sdxl else REAL_SD15_VAE)),
+              "text_encoder": CLIPTextModel(CLIPTextConfig(**REAL_CLIP_L))}
+    if sdxl:
+        models["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**REAL_CLIP_G))
+    return models
+
+
+def make_real(kind: str, path, seed: int = 0) -> Path:
+    """A real-size random-weight checkpoint in the LDM layout (SD 1.5: ~2 GB, SDXL: ~6.5 GB in fp16)."""
+    return _save(checkpoint_state_dict(kind, **real_models(kind, seed)), Path(path))
+
+
 def write_all(out: Path) -> None:
     out = Path(out)
     make_sd1(out / "sd1.safetensors")
