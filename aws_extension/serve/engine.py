@@ -45,11 +45,13 @@ class Loaded:
     scheduler_config: dict
     vae: object  # the checkpoint's own VAE, put back when a request has no override
     vae_uri: Optional[str] = None
+    vae_path: Optional[Path] = None
     vae_sha256: Optional[str] = None
     loras: tuple = ()
     lora_backup: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
     embeddings: Embeddings = field(default_factory=Embeddings)
     variants: dict = field(default_factory=dict)  # img2img / inpaint pipelines sharing the components
+    override_vaes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -124,14 +126,18 @@ class Engine:
         return self.loaded
 
     def _vae(self, m: Loaded, uri: Optional[str], path: Optional[Path]) -> None:
-        if uri == m.vae_uri:
+        if path == m.vae_path:  # the path names the S3 object's version too: a re-upload is a new path
             return
-        vae = m.vae if uri is None else load_vae(path, m.arch, device=self.device, dtype=self.dtype,
-                                                 config_root=self.config_root)
+        if uri is None:
+            vae = m.vae
+        else:  # the last override stays in memory: "none" and back costs nothing
+            vae = m.override_vaes.get(path) or load_vae(path, m.arch, device=self.device, dtype=self.dtype,
+                                                        config_root=self.config_root)
+            m.override_vaes = {path: vae}
         m.pipe.vae = vae
         for variant in m.variants.values():
             variant.vae = vae
-        m.vae_uri, m.vae_sha256 = uri, (self.cache.sha256(path) if path else None)
+        m.vae_uri, m.vae_path, m.vae_sha256 = uri, path, (self.cache.sha256(path) if path else None)
 
     def _loras(self, m: Loaded, wanted: List[Tuple[str, Path, float]]) -> None:
         key = tuple((str(path), weight) for _, path, weight in wanted)
