@@ -10,6 +10,7 @@ from .compat import BaseModel
 from .config import ROLE_NAME
 
 LIFECYCLE_RULE = "sd-webui-sagemaker-abort-incomplete-uploads"
+INFERENCE_RULE = "sd-webui-sagemaker-inference-expiry"
 
 # The browser uploads parts straight to S3: it must PUT and read each part's ETag.
 CORS = {
@@ -54,6 +55,9 @@ def setup(aws: Aws, create_role: bool = False) -> SetupResult:
         s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [{
             "ID": LIFECYCLE_RULE, "Status": "Enabled", "Filter": {"Prefix": ""},
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }, {  # generation requests and answers a client stopped waiting for (it deletes the rest itself)
+            "ID": INFERENCE_RULE, "Status": "Enabled", "Filter": {"Prefix": "inference/"},
+            "Expiration": {"Days": 2},
         }]})
     result = SetupResult(bucket=bucket, region=aws.region, bucket_created=created)
     if create_role:

@@ -73,13 +73,13 @@ class Cli:
                 error(r.error if r.error.startswith(r.item) else f"{r.item}: {r.error}")
         return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
-    def watch_ctrl_c(self) -> None:
+    def watch_ctrl_c(self, stopping: str = "Stopping after the parts in flight") -> None:
         """First Ctrl-C stops the running transfer cleanly (resumable); a second one quits at once."""
         def stop(signum, frame):
             if self.cancel.is_set():
                 raise KeyboardInterrupt
             self.cancel.set()
-            sys.stderr.write("\nStopping after the parts in flight (Ctrl-C again to quit now)...\n")
+            sys.stderr.write(f"\n{stopping} (Ctrl-C again to quit now)...\n")
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, stop)
@@ -257,11 +257,74 @@ def cmd_datasets_delete(cli: Cli) -> int:
     return EXIT_OK
 
 
+def _image_base64(path: str, option: str) -> str:
+    import base64
+
+    try:
+        data = open(path, "rb").read()
+    except OSError as exc:
+        raise UserError(f"{option} {path}: {exc.strerror or exc}") from None
+    if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+        raise UserError(f"{option} {path}: not a PNG or JPEG image")
+    return base64.b64encode(data).decode("ascii")
+
+
+def generate_payload(a: argparse.Namespace) -> dict:
+    """The WebUI API payload from the options given; the others keep the server's (the WebUI API's) defaults."""
+    if (a.mask or a.denoising_strength is not None) and not a.init_image:
+        raise UserError(f"{'--mask' if a.mask else '--denoising-strength'} is for img2img: add --init-image.")
+    options = {"prompt": a.prompt, "negative_prompt": a.negative_prompt, "steps": a.steps, "sampler_name": a.sampler,
+               "scheduler": a.scheduler, "cfg_scale": a.cfg_scale, "width": a.width, "height": a.height,
+               "seed": a.seed, "batch_size": a.batch_size, "denoising_strength": a.denoising_strength}
+    payload = {k: v for k, v in options.items() if v is not None}
+    if a.init_image:
+        payload["init_images"] = [_image_base64(a.init_image, "--init-image")]
+        if a.mask:
+            payload["mask"] = _image_base64(a.mask, "--mask")
+    return payload
+
+
+def save_images(generation, out_dir: str) -> List[dict]:
+    """PNGs as they came (infotext in their parameters chunk) named <seed>-<index>.png; never over another file."""
+    from pathlib import Path
+
+    from .generation import png_parameters
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = generation.info.get("all_seeds") or []
+    saved = []
+    for index, png in enumerate(generation.images):
+        seed = seeds[index] if index < len(seeds) else generation.info.get("seed", "image")
+        path, n = folder / f"{seed}-{index}.png", 1
+        while path.exists():
+            n += 1
+            path = folder / f"{seed}-{index}-{n}.png"
+        path.write_bytes(png)
+        saved.append({"path": str(path), "seed": seed, "infotext": png_parameters(png)})
+    return saved
+
+
+def cmd_generate(cli: Cli) -> int:
+    from .generation import invoke, resolve_models
+
+    a = cli.args
+    payload = generate_payload(a)
+    models = resolve_models(cli.aws, a.checkpoint, a.vae, [a.prompt], [a.negative_prompt or ""])
+    cli.watch_ctrl_c("Stopping the wait for the answer")
+    generation = invoke(cli.aws, a.endpoint, "img2img" if a.init_image else "txt2img", payload, models,
+                        on_state=lambda state, message: print(f"{a.endpoint}: {message}", file=sys.stderr, flush=True),
+                        cancel=cli.cancel, timeout=a.timeout)
+    saved = save_images(generation, a.out)
+    cli.out(saved, lambda items: "\n".join(item["path"] for item in items) or "(no images)")
+    return EXIT_OK
+
+
 def cmd_local(cli: Cli) -> int:
     from .local.emulator import LocalEmulator
     from .local.run import run_local
 
-    return run_local(LocalEmulator(port=cli.args.port), cli.args.bucket)
+    return run_local(LocalEmulator(port=cli.args.port, runtime=True), cli.args.bucket)
 
 
 def cmd_ui(cli: Cli) -> int:
@@ -345,6 +408,27 @@ def build_parser() -> argparse.ArgumentParser:
     command(datasets, "list", cmd_datasets_list, "list datasets")
     for name, fn, what in (("show", cmd_datasets_show, "show a dataset"), ("delete", cmd_datasets_delete, "delete a dataset")):
         command(datasets, name, fn, what).add_argument("name", metavar="NAME")
+
+    c = command(groups, "generate", cmd_generate, "generate images on an endpoint (txt2img; img2img with --init-image)")
+    c.add_argument("--endpoint", required=True, help="an InService endpoint")
+    c.add_argument("--checkpoint", required=True, help="a cloud checkpoint: file name, key, or model hash")
+    c.add_argument("--vae", help="a cloud VAE (default: the checkpoint's own)")
+    c.add_argument("--prompt", required=True, help="the WebUI's prompt syntax, <lora:name:weight> included")
+    c.add_argument("--negative-prompt", default="")
+    c.add_argument("--steps", type=int)
+    c.add_argument("--sampler", help="e.g. 'Euler a', 'DPM++ 2M'")
+    c.add_argument("--scheduler", help="schedule type: Automatic, Karras, Exponential")
+    c.add_argument("--cfg-scale", type=float)
+    c.add_argument("--width", type=int)
+    c.add_argument("--height", type=int)
+    c.add_argument("--seed", type=int, help="-1 (default) draws one")
+    c.add_argument("--batch-size", type=int)
+    c.add_argument("--init-image", metavar="PNG", help="img2img from this image (PNG or JPEG)")
+    c.add_argument("--denoising-strength", type=float, help="img2img: how much to change (default 0.75)")
+    c.add_argument("--mask", metavar="PNG", help="img2img: inpaint where the mask is white")
+    c.add_argument("--out", default="outputs", metavar="DIR", help="where the PNGs go (default outputs/)")
+    c.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
+                   help="how long to wait for an async endpoint's answer (default 900)")
 
     c = command(groups, "ui", cmd_ui, "serve the Amazon SageMaker tab without the WebUI")
     c.add_argument("--local", action="store_true", help="run on the embedded AWS emulator (no account needed)")

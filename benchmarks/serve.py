@@ -4,7 +4,7 @@ Run it in the server's environment (container/install.sh), on the GPU machine fo
 
     python benchmarks/serve.py --arch sd15 --size 512          # SD 1.5 architecture, random fp16 weights
     python benchmarks/serve.py --arch sdxl --size 1024
-    python benchmarks/serve.py --arch sd15 --no-generate       # cold start only (what a CPU box can do)
+    python benchmarks/serve.py --arch sd15 --no-generate --no-fetch  # loading only (what a CPU box can do)
     python benchmarks/serve.py --arch tiny --size 64 --steps 4  # smoke run of this script
 
 Cold start: our cache (parallel ranged GETs, sha256) + loader beside boto3's download_file + diffusers'
@@ -64,7 +64,7 @@ def timed(fn, runs: int):
     return median(values)
 
 
-def cold_start(aws, uri: str, path: Path, work: Path) -> dict:
+def cold_start(aws, uri: str, path: Path, work: Path, fetch: bool) -> dict:
     import torch
 
     from aws_extension.serve.cache import ModelCache, parse_s3_uri
@@ -72,24 +72,28 @@ def cold_start(aws, uri: str, path: Path, work: Path) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
+    rows = {}
+    if fetch:
+        bucket, key = parse_s3_uri(uri)
+        started = time.monotonic()
+        ModelCache(aws, work / "cache", 100 * 1024 ** 3).fetch(uri)
+        ours = time.monotonic() - started
+        started = time.monotonic()
+        aws.client("s3").download_file(bucket, key, str(work / "plain.safetensors"))
+        rows["fetch from S3 (s)"] = (ours, time.monotonic() - started)
     started = time.monotonic()
-    local = ModelCache(aws, work / "cache", 100 * 1024 ** 3).fetch(uri)
-    fetched = time.monotonic()
-    load_pipeline(local, device=device, dtype=dtype, config_root=work / "configs")
-    ours = (fetched - started, time.monotonic() - fetched)
+    load_pipeline(path, device=device, dtype=dtype, config_root=work / "configs")
+    ours = time.monotonic() - started
 
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    bucket, key = parse_s3_uri(uri)
     started = time.monotonic()
-    aws.client("s3").download_file(bucket, key, str(work / "plain.safetensors"))
-    fetched = time.monotonic()
     arch = detect(path)
     cls = StableDiffusionXLPipeline if arch.kind == "sdxl" else StableDiffusionPipeline
-    cls.from_single_file(str(work / "plain.safetensors"), config=str(config_dir(arch, work / "configs")),
-                         local_files_only=True, torch_dtype=dtype).to(device)
-    theirs = (fetched - started, time.monotonic() - fetched)
-    return {"fetch": (ours[0], theirs[0]), "load": (ours[1], theirs[1])}
+    cls.from_single_file(str(path), config=str(config_dir(arch, work / "configs")), local_files_only=True,
+                         torch_dtype=dtype).to(device)
+    rows["load to the device (s)"] = (ours, time.monotonic() - started)
+    return rows
 
 
 def generation(aws, uri: str, work: Path, a) -> dict:
@@ -170,6 +174,9 @@ def parser():
     p.add_argument("--compile", action="store_true")
     p.add_argument("--restart", action="store_true", help="also a fresh process with the S3 compile cache")
     p.add_argument("--no-generate", action="store_true")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="skip the S3 fetch (the emulator takes minutes for multi-GB objects: fetch figures need "
+                        "real S3 or a small model)")
     p.add_argument("--models-dir", default=os.path.join(tempfile.gettempdir(), "sd-bench"))
     p.add_argument("--child-uri")
     p.add_argument("--work")
@@ -195,7 +202,7 @@ def main():
         uri = f"s3://{aws.bucket}/{up.key}"
         rows = {}
         with tempfile.TemporaryDirectory() as tmp:
-            rows.update(cold_start(aws, uri, path, Path(tmp)))
+            rows.update(cold_start(aws, uri, path, Path(tmp), not a.no_fetch))
         if not a.no_generate:
             with tempfile.TemporaryDirectory() as tmp:
                 rows.update(generation(aws, uri, Path(tmp), a))

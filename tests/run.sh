@@ -17,7 +17,10 @@ fi
 # The inference server runs in its own environment, made by the container image's install script
 # (CPU torch here; the image's base has CUDA torch), and its tests run there.
 SERVE_VENV=${SERVE_VENV:-.venv-serve}
+case "$SERVE_VENV" in /*) ;; *) SERVE_VENV="$PWD/$SERVE_VENV" ;; esac
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0} INSTALL_EDITABLE=1 bash container/install.sh "$SERVE_VENV"
 "$SERVE_VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-serve-test.txt
+# the emulator's local endpoints (and the tab's Generate tests) start inference servers with this Python
+export SD_SAGEMAKER_SERVE_PYTHON=${SD_SAGEMAKER_SERVE_PYTHON:-$SERVE_VENV/bin/python}
 "$VENV/bin/python" -m pytest --ignore=tests/serve "$@"
 "$SERVE_VENV/bin/python" -m pytest --confcutdir=tests/serve tests/serve "$@"

@@ -36,8 +36,9 @@ def test_setup_is_idempotent_and_prepares_browser_uploads(aws_env):
     s3 = aws.client("s3")
     [rule] = s3.get_bucket_cors(Bucket=aws.bucket)["CORSRules"]
     assert "PUT" in rule["AllowedMethods"] and "ETag" in rule["ExposeHeaders"]
-    [lifecycle] = s3.get_bucket_lifecycle_configuration(Bucket=aws.bucket)["Rules"]
+    lifecycle, inference = s3.get_bucket_lifecycle_configuration(Bucket=aws.bucket)["Rules"]
     assert lifecycle["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    assert inference["Filter"]["Prefix"] == "inference/" and inference["Expiration"]["Days"] == 2
     trust = aws.client("iam").get_role(RoleName="sd-webui-sagemaker-execution")["Role"]["AssumeRolePolicyDocument"]
     trust = trust if isinstance(trust, dict) else json.loads(trust)
     assert trust["Statement"][0]["Principal"]["Service"] == "sagemaker.amazonaws.com"

@@ -21,51 +21,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import UserError
+from ..prompt_tags import LORA_KINDS, extract_networks  # noqa: F401 - re-exported: torch-free, shared with the client
 from .request import BadRequest
 
 CHUNK = 75  # tokens of one chunk, BOS and EOS excluded
 COMMA_BACKTRACK = 20  # the WebUI's comma_padding_backtrack default
 BREAK_MARK = ("BREAK", -1.0)  # parse_attention's item for a BREAK; never merged with a neighbour
-LORA_KINDS = ("lora", "lyco")
-_TAG = re.compile(r"<(\w+):([^>]+)>")
 _WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _SCHEDULE = re.compile(r":\s*[+-]?(\d+\.?\d*|\.\d+)\s*$")
 _NESTED = re.compile(r"\([^()\[\]]*\)|\[[^()\[\]]*\]")
 
 Chunk = Tuple[List[int], List[float], List[Tuple[int, str]]]  # 77 ids, 77 weights, (position, embedding name)
-
-
-def extract_networks(prompt: str) -> Tuple[str, List[Tuple[str, float]]]:
-    """The prompt without its <lora:...>/<lyco:...> tags, and the networks as (name, weight) in order of appearance.
-
-    A name given twice keeps its first place and the later weight (the WebUI would apply it twice). A tag whose
-    text-encoder and UNet weights differ, a dyn= argument, hypernetworks and other kinds are refused (HTTP 400).
-    """
-    found: Dict[str, float] = {}
-
-    def take(match: re.Match) -> str:
-        kind, tag = match.group(1), match.group(0)
-        if kind not in LORA_KINDS:
-            raise BadRequest("prompt", f"prompt: {tag}: only LoRA extra networks (<lora:name:weight>) are supported, "
-                             f"not '{kind}' (hypernetworks are not supported)")
-        items = [item.partition("=") for item in match.group(2).split(":")]
-        positional = [key for key, eq, _ in items if not eq]
-        named = {key.strip(): value for key, eq, value in items if eq}
-        name = positional[0].strip() if positional else ""
-        try:
-            te = float(named.get("te", positional[1] if len(positional) > 1 else 1.0))
-            unet = float(named.get("unet", positional[2] if len(positional) > 2 else te))
-        except ValueError:
-            raise BadRequest("prompt", f"prompt: {tag}: the weight is not a number") from None
-        if not name or len(positional) > 3 or "dyn" in named or set(named) - {"te", "unet", "dyn"}:
-            raise BadRequest("prompt", f"prompt: {tag}: write LoRA tags as <lora:name> or <lora:name:weight>")
-        if te != unet:
-            raise BadRequest("prompt", f"prompt: {tag}: separate text-encoder and UNet weights are not supported")
-        found[name] = te
-        return ""
-
-    return _TAG.sub(take, prompt), list(found.items())
 
 
 def parse_attention(text: str, field: str = "prompt") -> List[Tuple[str, float]]:

@@ -1,0 +1,426 @@
+"""Generating on an endpoint: the cloud models a request names, then one invocation, real-time or through S3.
+
+The request and the answer are the inference server's (README, "The inference server"): the WebUI API's payload
+plus the models' S3 locations in; base64 PNGs carrying their infotext, the parameters and the WebUI's info out.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import botocore.exceptions as bex
+
+from .aws import Aws, describe, error_code, is_not_found, translate
+from .compat import BaseModel
+from .endpoints import catalog, scaling
+from .errors import ConfigError, Interrupted, NotFound, Refused, TransferError, UserError
+from .models.catalog import CloudModel, list_models, read_record
+from .models.types import MODEL_EXTENSIONS, model_type
+from .prompt_tags import extract_networks
+from .serve.request import BadRequest, parse_request
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+REALTIME_LIMIT = 6_000_000  # bytes: AWS's payload limit for a real-time request and its answer
+ANSWER_BYTES_PER_PIXEL = 4  # a PNG can take ~3 bytes per pixel, and base64 adds a third
+ASYNC_TIMEOUT = 15 * 60.0
+POLL_FIRST, POLL_MAX = 0.5, 5.0  # seconds between looks for the answer, growing
+INSTANCES_EVERY = 15.0  # seconds between looks at the instance count while waiting
+MAX_POLL_ERRORS = 10
+INPUT_PREFIX = "inference/input/"
+# autoscaling puts an endpoint in Updating while it adds instances; it serves all along
+SERVING = ("InService", "Updating", "SystemUpdating")
+WHAT_TO_DO = {
+    "Creating": "wait until it is InService",
+    "Failed": "see its failure reason, delete it and deploy again",
+    "OutOfService": "it cannot serve: delete it and deploy again",
+    "Deleting": "it is being deleted: choose another endpoint",
+    "RollingBack": "wait until it is InService again",
+    "UpdateRollbackFailed": "it cannot serve: delete it and deploy again",
+}
+NO_VAE = ("", "none", "automatic")  # the WebUI's VAE settings that mean "the checkpoint's own"
+EMBEDDING_EXTENSIONS = (".safetensors", ".pt", ".bin")  # what the server loads as embeddings
+HASH = re.compile(r"[0-9a-fA-F]{10,64}")  # the WebUI's "Model hash" is 10; a longer sha256 prefix works too
+TITLE = re.compile(r"(.+?)\s*\[([0-9a-fA-F]{8,64})\]")  # the WebUI's checkpoint title "name.safetensors [hash]"
+
+StateCallback = Callable[[str, str], None]
+
+
+class Generation(BaseModel):
+    endpoint: str
+    task: str
+    images: List[bytes] = []  # PNGs, each carrying its infotext in the "parameters" text chunk
+    parameters: dict = {}
+    info: dict = {}
+    infotexts: List[str] = []
+    seconds: float = 0.0
+
+
+# -- models ---------------------------------------------------------------------------------------------------------
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
+
+
+def _preferred(models: Sequence[CloudModel]) -> Dict[str, CloudModel]:
+    """Stem -> model; of two files with one stem, the extension earlier in MODEL_EXTENSIONS (.safetensors first)."""
+    rank = {ext: i for i, ext in enumerate(MODEL_EXTENSIONS)}
+    found: Dict[str, CloudModel] = {}
+    for m in sorted(models, key=lambda m: rank.get("." + m.name.rsplit(".", 1)[-1].lower(), 99)):
+        found.setdefault(_stem(m.name), m)
+    return found
+
+
+def _there(models: Sequence[CloudModel], limit: int = 20) -> str:
+    names = sorted(m.name for m in models)
+    if not names:
+        return "none uploaded"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return "there: " + ", ".join(names[:limit]) + more
+
+
+def _by_hash(aws: Aws, models: Sequence[CloudModel], short_hash: str) -> Optional[CloudModel]:
+    """The model whose recorded sha256 starts with short_hash (records read 8 at a time)."""
+    wanted = short_hash.lower()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        records = list(pool.map(lambda m: read_record(aws, m.key), models))
+    hits = [m for m, r in zip(models, records) if r and r.sha256 and r.sha256.lower().startswith(wanted)]
+    return min(hits, key=lambda m: m.name) if hits else None
+
+
+def find_checkpoint_by_hash(aws: Aws, short_hash: str) -> Optional[str]:
+    """The cloud checkpoint's file name for an infotext's "Model hash" (None when none has it)."""
+    if not HASH.fullmatch((short_hash or "").strip()):
+        return None
+    found = _by_hash(aws, list_models(aws, "checkpoint"), short_hash.strip())
+    return found.name if found else None
+
+
+def _find(aws: Aws, type_id: str, wanted: str, models: Sequence[CloudModel]) -> CloudModel:
+    """By file name, key, s3:// URI, name without extension (the infotext's "Model"), WebUI title or hash."""
+    t = model_type(type_id)
+    text = wanted.strip()
+    for prefix in (aws.s3_uri(), t.prefix):
+        text = text[len(prefix):] if text.startswith(prefix) else text
+    title = TITLE.fullmatch(text)
+    name = title.group(1) if title else text
+    exact = [m for m in models if m.name == name]
+    if exact:
+        return exact[0]
+    stem = _preferred(models).get(name)
+    if stem:
+        return stem
+    short = title.group(2) if title else text
+    if HASH.fullmatch(short):
+        found = _by_hash(aws, models, short)
+        if found:
+            return found
+    raise NotFound(f"No {t.label} '{wanted.strip()}' in {aws.s3_uri(t.prefix)} ({_there(models)}).")
+
+
+def _mentions(texts: Sequence[str], word: str) -> bool:
+    pattern = re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
+    return any(pattern.search(text) for text in texts)
+
+
+def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Sequence[str],
+                   negative_prompts: Sequence[str] = ()) -> dict:
+    """The request's `models`: S3 locations of the checkpoint, the VAE, every LoRA the prompts' tags name, and every
+    embedding named as a word in a prompt. One listing per model folder. NotFound names what is missing."""
+    if not (checkpoint or "").strip():
+        raise Refused("Choose a checkpoint: generating needs one of the cloud's SD checkpoints.")
+    found = _find(aws, "checkpoint", checkpoint, list_models(aws, "checkpoint"))
+    vae_uri = None
+    if vae and vae.strip().lower() not in NO_VAE:
+        vae_uri = aws.s3_uri(_find(aws, "vae", vae, list_models(aws, "vae")).key)
+    texts, wanted = [], []
+    for prompt in prompts:
+        try:
+            text, networks = extract_networks(prompt or "")
+        except BadRequest as exc:  # the server would refuse it after the upload and the queue
+            raise Refused(str(exc)) from None
+        texts.append(text)
+        wanted += [name for name, _ in networks]
+    loras = []
+    if wanted:
+        listed = list_models(aws, "lora")
+        by_stem = _preferred(listed)
+        missing = [name for name in dict.fromkeys(wanted) if name not in by_stem]
+        if missing:
+            raise NotFound(f"The prompt uses LoRA {', '.join(repr(n) for n in missing)}, not in "
+                           f"{aws.s3_uri(model_type('lora').prefix)} ({_there(listed)}): upload it or fix the tag.")
+        loras = [aws.s3_uri(by_stem[name].key) for name in dict.fromkeys(wanted)]
+    texts += [text or "" for text in negative_prompts]  # LoRA tags in a negative prompt are text, as in the WebUI
+    embeddings = []
+    if any(text.strip() for text in texts):
+        candidates = [m for m in list_models(aws, "embedding") if m.name.lower().endswith(EMBEDDING_EXTENSIONS)]
+        embeddings = [aws.s3_uri(m.key) for name, m in sorted(_preferred(candidates).items()) if _mentions(texts, name)]
+    return {"checkpoint": aws.s3_uri(found.key), "vae": vae_uri, "lora": loras, "embeddings": embeddings}
+
+
+# -- PNG text -------------------------------------------------------------------------------------------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunks(png: bytes):
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(png):
+        length = int.from_bytes(png[at:at + 4], "big")
+        yield at, png[at + 4:at + 8], png[at + 8:at + 8 + length]
+        at += 12 + length
+
+
+def png_parameters(png: bytes) -> Optional[str]:
+    """The infotext in a PNG's "parameters" text chunk (tEXt, zTXt or iTXt), as the WebUI reads it."""
+    for _, kind, data in _chunks(png):
+        keyword, _, rest = data.partition(b"\0")
+        if keyword != b"parameters":
+            continue
+        if kind == b"tEXt":
+            return rest.decode("latin-1")
+        if kind == b"zTXt":
+            return zlib.decompress(rest[1:]).decode("latin-1")
+        if kind == b"iTXt":
+            compressed, text = rest[0], rest[2:].split(b"\0", 2)[-1]  # skip language tag and translated keyword
+            return (zlib.decompress(text) if compressed else text).decode("utf-8")
+    return None
+
+
+def with_parameters(png: bytes, infotext: str) -> bytes:
+    """The PNG with an iTXt "parameters" chunk before IEND (for an answer whose PNG lacks one)."""
+    iend = next((at for at, kind, _ in _chunks(png) if kind == b"IEND"), len(png))
+    data = b"parameters\0\0\0\0\0" + infotext.encode("utf-8")
+    chunk = len(data).to_bytes(4, "big") + b"iTXt" + data + zlib.crc32(b"iTXt" + data).to_bytes(4, "big")
+    return png[:iend] + chunk + png[iend:]
+
+
+# -- answers and errors ---------------------------------------------------------------------------------------------
+def server_error(endpoint: str, body, status: Optional[int] = None) -> UserError:
+    """The server's JSON error ({"error", "field"}) as our error: 400 Refused, 404 NotFound, others UserError."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    doc = doc if isinstance(doc, dict) else {"error": text.strip()[:500]}
+    message, field = str(doc.get("error") or f"HTTP {status}"), doc.get("field")
+    if status is None:  # an async failure object carries no status; a field means the request was refused
+        status = doc.get("status") if isinstance(doc.get("status"), int) else (400 if field else None)
+    if status == 400:
+        exc: UserError = Refused(f"Endpoint '{endpoint}' refused the request: {message}")
+    elif status == 404:
+        exc = NotFound(f"Endpoint '{endpoint}' could not find a model: {message}")
+    else:
+        exc = UserError(f"Endpoint '{endpoint}' could not generate: {message}")
+    exc.field = field  # type: ignore[attr-defined] - the form field to point at, when the server names one
+    return exc
+
+
+def _invoke_error(endpoint: str, exc: BaseException) -> UserError:
+    code = error_code(exc)
+    response = getattr(exc, "response", {}) or {}
+    message = str(response.get("Error", {}).get("Message", "")) or str(exc)
+    original = str(response.get("OriginalMessage") or "")
+    from_server = original.lstrip().startswith("{")  # the server's JSON error, whatever its words
+    if isinstance(exc, bex.ReadTimeoutError) or ("timed out" in (message + original).lower() and not from_server):
+        return TransferError(f"Endpoint '{endpoint}' did not answer in time: AWS gives a real-time endpoint 60 seconds "
+                             f"per request. Lower the steps, size or batch size, or use an async endpoint.")
+    if code == "ModelError":
+        return server_error(endpoint, original or message, int(response.get("OriginalStatusCode") or 0) or None)
+    if code == "ModelNotReadyException":
+        return UserError(f"Endpoint '{endpoint}' is not ready to generate yet ({message}): try again in a minute.")
+    if is_not_found(exc) or (code == "ValidationError" and "not found" in message.lower()):
+        return NotFound(f"Endpoint '{endpoint}' does not exist ({message}).")
+    return describe(exc, f"invoking endpoint '{endpoint}'")
+
+
+def _generation(endpoint: str, task: str, body: bytes, started: float) -> Generation:
+    try:
+        doc = json.loads(body)
+        info = doc.get("info") or {}
+        info = json.loads(info) if isinstance(info, str) else info
+        images = [base64.b64decode(i.split(",", 1)[1] if i.startswith("data:") else i) for i in doc.get("images") or []]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"Endpoint '{endpoint}' answered something that is not the server's answer ({exc}): "
+                        f"{body[:200]!r}") from None
+    infotexts = [str(t) for t in info.get("infotexts") or []] if isinstance(info, dict) else []
+    for i, image in enumerate(images):
+        if not image.startswith(PNG_SIGNATURE):
+            raise UserError(f"Endpoint '{endpoint}' answered image {i + 1} in a format other than PNG.")
+        if png_parameters(image) is None and i < len(infotexts):  # keep the infotext with the file, as the WebUI does
+            images[i] = with_parameters(image, infotexts[i])
+    return Generation(endpoint=endpoint, task=task, images=images, parameters=doc.get("parameters") or {},
+                      info=info if isinstance(info, dict) else {}, infotexts=infotexts,
+                      seconds=round(time.monotonic() - started, 2))
+
+
+# -- invocation -----------------------------------------------------------------------------------------------------
+def _serving_endpoint(aws: Aws, endpoint: str) -> Tuple[dict, bool]:
+    """(describe_endpoint, whether async); NotFound or Refused when it cannot take a request now."""
+    raw = catalog._describe_raw(aws, endpoint)
+    if raw is None:
+        raise NotFound(f"Endpoint '{endpoint}' does not exist: choose another or deploy one.")
+    status = raw["EndpointStatus"]
+    if status not in SERVING:
+        hint = WHAT_TO_DO.get(status, "wait until it is InService")
+        raise Refused(f"Endpoint '{endpoint}' is {status}: {hint}.")
+    if raw.get("AsyncInferenceConfig"):
+        return raw, True
+    try:
+        config = aws.client("sagemaker").describe_endpoint_config(EndpointConfigName=raw["EndpointConfigName"])
+        return raw, bool(config.get("AsyncInferenceConfig"))
+    except Exception as exc:
+        if not scaling.missing(exc):
+            raise describe(exc, f"reading the endpoint config of '{endpoint}'") from exc
+    # the config was deleted under the live endpoint: our tag says the type
+    return raw, scaling.tags_of(aws, raw["EndpointArn"]).get(scaling.TAG_TYPE) == "async"
+
+
+def _instances(aws: Aws, endpoint: str) -> Optional[int]:
+    try:
+        raw = catalog._describe_raw(aws, endpoint) or {}
+    except UserError:
+        return None  # only for the state shown; the answer is what counts
+    variant = (raw.get("ProductionVariants") or [{}])[0]
+    count = variant.get("CurrentInstanceCount", variant.get("DesiredInstanceCount"))
+    return count if isinstance(count, int) else None
+
+
+def _check_realtime(endpoint: str, data: bytes, width: int, height: int, images: int) -> None:
+    if len(data) > REALTIME_LIMIT:
+        raise Refused(f"The request is {len(data) / 1e6:.1f} MB; real-time endpoint '{endpoint}' takes at most 6 MB: "
+                      f"use a smaller init image or mask, or an async endpoint (up to 1 GB).")
+    answer = width * height * images * ANSWER_BYTES_PER_PIXEL
+    if answer > REALTIME_LIMIT:
+        raise Refused(f"{images} image(s) of {width}x{height} can come back as up to {answer / 1e6:.0f} MB, over the "
+                      f"6 MB a real-time endpoint ('{endpoint}') can answer: lower the batch size or the size, "
+                      f"or use an async endpoint.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} seconds" if seconds < 120 else f"{seconds / 60:.3g} minutes"
+
+
+def _split(uri: str) -> Tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/") if uri.startswith("s3://") else ("", "", "")
+    if not bucket or not key:
+        raise UserError(f"SageMaker gave an answer location that is not in S3: {uri!r}")
+    return bucket, key
+
+
+def _take(s3, uri: str) -> Optional[bytes]:
+    """The object's bytes, deleting it (None while it does not exist)."""
+    bucket, key = _split(uri)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    try:
+        s3.delete_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # the answer is read; a leftover object is harmless
+        log.warning("Could not delete %s: %s", uri, exc)
+    return body
+
+
+def _wait(aws: Aws, endpoint: str, answer: dict, report: StateCallback, cancel: threading.Event,
+          timeout: float) -> bytes:
+    s3, inference_id = aws.client("s3"), answer.get("InferenceId", "")
+    output, failure = answer["OutputLocation"], answer.get("FailureLocation")
+    report("queued", f"queued on {endpoint} (inference id {inference_id})")
+    state, delay, errors = "queued", POLL_FIRST, 0
+    deadline, next_look = time.monotonic() + timeout, 0.0
+    while True:
+        if time.monotonic() >= next_look:
+            count, next_look = _instances(aws, endpoint), time.monotonic() + INSTANCES_EVERY
+            if count == 0 and state != "scaling up from zero":
+                state = "scaling up from zero"
+                report(state, "scaling up from zero, about 5–10 minutes")
+            elif count and state != "generating":
+                state = "generating"
+                report(state, f"generating on {endpoint}")
+        try:
+            body = _take(s3, output)
+            if body is not None:
+                return body
+            failed = _take(s3, failure) if failure else None
+            if failed is not None:
+                raise server_error(endpoint, failed)
+            errors = 0
+        except (bex.BotoCoreError, bex.ClientError) as exc:
+            errors += 1  # throttling or a network blip: look again at the next poll
+            problem = describe(exc, f"reading the answer of endpoint '{endpoint}' ({output})")
+            if errors >= MAX_POLL_ERRORS or isinstance(problem, ConfigError):
+                raise problem from exc
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransferError(f"Endpoint '{endpoint}' gave no answer within {_duration(timeout)} "
+                                f"(inference id {inference_id}): it may be scaling up or busy; try again later.")
+        if cancel.wait(min(delay, left)):
+            raise Interrupted(f"Stopped waiting for endpoint '{endpoint}' (inference id {inference_id}).")
+        delay = min(delay * 1.5, POLL_MAX)
+
+
+def _invoke_async(aws: Aws, endpoint: str, data: bytes, report: StateCallback, cancel: threading.Event,
+                  timeout: float) -> bytes:
+    inference_id = uuid.uuid4().hex
+    key = f"{INPUT_PREFIX}{inference_id}.json"
+    s3 = aws.client("s3")
+    with translate(f"writing the request to {aws.s3_uri(key)}"):
+        s3.put_object(Bucket=aws.bucket, Key=key, Body=data, ContentType=JSON)
+    try:
+        try:
+            answer = aws.client("sagemaker-runtime").invoke_endpoint_async(
+                EndpointName=endpoint, InputLocation=aws.s3_uri(key), ContentType=JSON, Accept=JSON,
+                InferenceId=inference_id,
+                # nobody waits for it after the timeout: let it expire in the queue rather than run for nothing
+                RequestTTLSeconds=min(max(60, int(timeout)), 21600))
+        except (bex.BotoCoreError, bex.ClientError) as exc:
+            raise _invoke_error(endpoint, exc) from exc
+        return _wait(aws, endpoint, answer, report, cancel, timeout)
+    finally:  # read by now, or no longer wanted
+        try:
+            s3.delete_object(Bucket=aws.bucket, Key=key)
+        except Exception as exc:
+            log.warning("Could not delete %s: %s", aws.s3_uri(key), exc)
+
+
+def invoke(aws: Aws, endpoint: str, task: str, payload: dict, models: dict, *,
+           on_state: Optional[StateCallback] = None, cancel: Optional[threading.Event] = None,
+           timeout: float = ASYNC_TIMEOUT) -> Generation:
+    """One generation on the endpoint: the WebUI API payload with the models from resolve_models.
+
+    States go to on_state(state, message): queued, scaling up from zero, generating, done. An async wait stops
+    with Interrupted when cancel is set, and with TransferError after timeout seconds."""
+    started = time.monotonic()
+    report = on_state or (lambda state, message: None)
+    _, is_async = _serving_endpoint(aws, endpoint)
+    body = {"task": task, "payload": payload, "models": models}
+    try:  # the server's own checks, before an upload, a queue or a scale-up
+        req = parse_request(body)
+    except BadRequest as exc:
+        raise Refused(f"Endpoint '{endpoint}' would refuse the request: {exc}") from None
+    data = json.dumps(body).encode("utf-8")
+    if is_async:
+        answer = _invoke_async(aws, endpoint, data, report, cancel or threading.Event(), timeout)
+    else:
+        _check_realtime(endpoint, data, req.width, req.height, req.batch_size * req.n_iter)
+        report("generating", f"generating on {endpoint}")
+        try:
+            answer = aws.client("sagemaker-runtime").invoke_endpoint(
+                EndpointName=endpoint, Body=data, ContentType=JSON, Accept=JSON)["Body"].read()
+        except (bex.BotoCoreError, bex.ClientError) as exc:
+            raise _invoke_error(endpoint, exc) from exc
+    generation = _generation(endpoint, task, answer, started)
+    report("done", f"{len(generation.images)} image(s) in {generation.seconds:.1f} s")
+    return generation

@@ -1,0 +1,415 @@
+"""The generation client against the emulator: models resolved from the bucket, endpoint checks, size limits, and
+the async path with the emulator playing SageMaker (it writes the answer where SageMaker would). Generation through
+real server processes is tested in tests/serve/."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image, PngImagePlugin
+
+from aws_extension import endpoints, generation
+from aws_extension.endpoints import EndpointSpec
+from aws_extension.errors import Interrupted, NotFound, Refused, TransferError, UserError
+from aws_extension.generation import find_checkpoint_by_hash, invoke, png_parameters, resolve_models
+from aws_extension.local.emulator import ACCOUNT_ID, REGION
+from aws_extension.models.catalog import ModelRecord, write_record
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "sd-webui-sagemaker-local"
+SHA = {"sd15.safetensors": "6ce0161689" + "a" * 54, "xl.ckpt": "31e35c80fc" + "b" * 54,
+       "vae-ft.safetensors": "735e4c3a44" + "c" * 54}
+MODELS = {
+    "Stable-diffusion": ["sd15.safetensors", "xl.ckpt"],
+    "VAE": ["vae-ft.safetensors"],
+    "Lora": ["detail.safetensors", "detail.pt", "style.pt"],
+    "embeddings": ["EasyNegative.safetensors", "art.pt", "bad-hands.bin", "old.ckpt"],
+}
+
+
+def uri(folder: str, name: str) -> str:
+    return f"s3://{BUCKET}/models/{folder}/{name}"
+
+
+@pytest.fixture
+def s3(aws_env):
+    return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def cloud(aws, s3):
+    """A bucket with a few models and their records."""
+    for folder, names in MODELS.items():
+        for name in names:
+            key = f"models/{folder}/{name}"
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 10)
+            write_record(aws, ModelRecord(type=folder, name=name, key=key, size=10, sha256=SHA.get(name)))
+    return aws
+
+
+def png(seed: int, infotext: str | None = "a cat\nSteps: 20, Sampler: Euler, Seed: {seed}") -> bytes:
+    meta = PngImagePlugin.PngInfo()
+    if infotext:
+        meta.add_text("parameters", infotext.format(seed=seed))
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (seed % 256, 0, 0)).save(out, format="PNG", pnginfo=meta)
+    return out.getvalue()
+
+
+def server_answer(request: dict, with_chunk: bool = True) -> bytes:
+    """What the inference server answers for this request: a PNG per image carrying its infotext."""
+    payload = request["payload"]
+    seed = payload.get("seed", -1) if payload.get("seed", -1) != -1 else 1234
+    seeds = [seed + i for i in range(payload.get("batch_size", 1))]
+    infotexts = [f"{payload['prompt']}\nSteps: 20, Sampler: Euler, Seed: {s}" for s in seeds]
+    images = [base64.b64encode(png(s, text if with_chunk else None)).decode() for s, text in zip(seeds, infotexts)]
+    info = {"all_seeds": seeds, "seed": seeds[0], "infotexts": infotexts}
+    return json.dumps({"images": images, "parameters": payload, "info": json.dumps(info)}).encode()
+
+
+class FakeAsync:
+    """SageMaker's async runtime as the emulator plays it: the answer locations are in our bucket (as AWS's are with
+    our endpoint config) and `respond(request) -> ("output" | "failure", bytes) | None` decides what lands there."""
+
+    def __init__(self, s3):
+        self.s3 = s3
+        self.respond = lambda request: ("output", server_answer(request))
+        self.inputs: list = []  # (input key, request)
+        self.threads: list = []
+        self.before_answer = lambda: None
+
+    def __call__(self, endpoint_name: str, input_location: str):  # a class attribute, so called without the backend
+        key = input_location.split(f"s3://{BUCKET}/", 1)[1]
+        stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        output = f"s3://{BUCKET}/inference/output/{stem}.out"
+        failure = f"s3://{BUCKET}/inference/failure/{stem}-error.out"
+        thread = threading.Thread(target=self._answer, args=(key, output, failure), daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return output, failure
+
+    def _answer(self, key: str, output: str, failure: str) -> None:
+        request = json.loads(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        self.inputs.append((key, request))
+        time.sleep(0.3)  # queued, then generating
+        self.before_answer()
+        outcome = self.respond(request)
+        if outcome:
+            where, body = outcome
+            self.s3.put_object(Bucket=BUCKET, Key=(output if where == "output" else failure).split("/", 3)[3], Body=body)
+
+
+@pytest.fixture
+def fake_async(s3, monkeypatch):
+    from moto.sagemakerruntime.models import SageMakerRuntimeBackend
+
+    fake = FakeAsync(s3)
+    monkeypatch.setattr(SageMakerRuntimeBackend, "invoke_endpoint_async", fake)
+    monkeypatch.setattr(generation, "INSTANCES_EVERY", 0.05)
+    yield fake
+    for thread in fake.threads:
+        thread.join(timeout=10)
+
+
+def in_service(aws, endpoint_type: str) -> str:
+    name = endpoints.deploy(aws, EndpointSpec(endpoint_type=endpoint_type), background=False).name
+    deadline = time.monotonic() + 15
+    while endpoints.describe(aws, name).status != "InService":
+        assert time.monotonic() < deadline, "the endpoint did not become InService"
+        time.sleep(0.05)
+    return name
+
+
+def keys(s3, prefix: str) -> list:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+
+
+def sagemaker_variant(name: str) -> dict:
+    from moto.sagemaker.models import sagemaker_backends
+
+    return sagemaker_backends[ACCOUNT_ID][REGION].endpoints[name].production_variants[0]
+
+
+# -- models ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("wanted", ["sd15.safetensors", "models/Stable-diffusion/sd15.safetensors",
+                                    uri("Stable-diffusion", "sd15.safetensors"), "sd15", "6ce0161689",
+                                    "6CE0161689", "sd15.safetensors [6ce0161689]", "renamed.safetensors [6ce0161689]"])
+def test_checkpoint_by_name_key_stem_title_or_hash(cloud, wanted):
+    models = resolve_models(cloud, wanted, None, ["a cat"])
+    assert models == {"checkpoint": uri("Stable-diffusion", "sd15.safetensors"), "vae": None, "lora": [],
+                      "embeddings": []}
+
+
+def test_missing_checkpoint_names_it_and_lists_what_exists(cloud):
+    with pytest.raises(NotFound) as caught:
+        resolve_models(cloud, "sdxl-base.safetensors", None, ["a cat"])
+    message = str(caught.value)
+    assert "'sdxl-base.safetensors'" in message and "models/Stable-diffusion/" in message
+    assert "sd15.safetensors, xl.ckpt" in message
+    with pytest.raises(NotFound, match="'0123456789'"):
+        resolve_models(cloud, "0123456789", None, ["a cat"])
+    with pytest.raises(Refused, match="Choose a checkpoint"):
+        resolve_models(cloud, " ", None, ["a cat"])
+
+
+def test_find_checkpoint_by_hash(cloud):
+    assert find_checkpoint_by_hash(cloud, "31e35c80fc") == "xl.ckpt"
+    assert find_checkpoint_by_hash(cloud, "31E35C80FC" + "b" * 4) == "xl.ckpt"
+    assert find_checkpoint_by_hash(cloud, "0000000000") is None
+    assert find_checkpoint_by_hash(cloud, "not a hash") is None
+
+
+def test_vae_by_name_or_hash_and_the_webui_none(cloud):
+    for vae in ("vae-ft.safetensors", "vae-ft", "735e4c3a44"):
+        assert resolve_models(cloud, "xl.ckpt", vae, [""])["vae"] == uri("VAE", "vae-ft.safetensors")
+    for vae in (None, "", "None", "Automatic"):
+        assert resolve_models(cloud, "xl.ckpt", vae, [""])["vae"] is None
+    with pytest.raises(NotFound, match=r"No VAE 'kl-f8' in s3://.*/models/VAE/ \(there: vae-ft.safetensors\)"):
+        resolve_models(cloud, "xl.ckpt", "kl-f8", [""])
+
+
+def test_loras_in_the_prompt_must_all_be_in_the_cloud(cloud):
+    models = resolve_models(cloud, "sd15", None, ["a cat <lora:style:0.8>, <lyco:detail:0.5> <lora:style:1>"],
+                            ["<lora:ignored:1> in a negative prompt is text"])
+    # in order of appearance; of detail.safetensors and detail.pt the safetensors
+    assert models["lora"] == [uri("Lora", "style.pt"), uri("Lora", "detail.safetensors")]
+    with pytest.raises(NotFound) as caught:
+        resolve_models(cloud, "sd15", None, ["<lora:missing1:1> <lora:style:1>", "<lora:missing2>"])
+    message = str(caught.value)
+    assert "'missing1', 'missing2'" in message and "models/Lora/" in message and "style.pt" in message
+    with pytest.raises(Refused, match="hypernetworks are not supported"):
+        resolve_models(cloud, "sd15", None, ["<hypernet:anime:1>"])
+
+
+def test_embeddings_named_as_words_in_either_prompt(cloud):
+    def sent(prompt, negative=""):
+        return [u.rsplit("/", 1)[1] for u in resolve_models(cloud, "sd15", None, [prompt], [negative])["embeddings"]]
+
+    assert sent("a cat", "easynegative, (bad-hands:1.2)") == ["EasyNegative.safetensors", "bad-hands.bin"]
+    assert sent("an ART piece") == ["art.pt"]
+    assert sent("artistic, smart, bad-handsome, easynegatives") == []  # a word inside another is not a name
+    assert sent("old") == []  # .ckpt is not an embedding file the server loads
+    assert sent("<lora:style:1> art") == ["art.pt"]
+
+
+# -- endpoint checks and real-time limits ---------------------------------------------------------------------------
+def test_missing_or_creating_endpoint(cloud, emulator):
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    with pytest.raises(NotFound, match="Endpoint 'nope' does not exist"):
+        invoke(cloud, "nope", "txt2img", {"prompt": "a cat"}, models)
+    emulator.creating_seconds = 60
+    name = endpoints.deploy(cloud, EndpointSpec(), background=False).name
+    with pytest.raises(Refused, match=f"Endpoint '{name}' is Creating: wait until it is InService"):
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models)
+
+
+@pytest.fixture
+def realtime_calls(monkeypatch):
+    from moto.sagemakerruntime.models import SageMakerRuntimeBackend
+
+    calls = []
+    original = SageMakerRuntimeBackend.invoke_endpoint
+
+    def recorded(self, endpoint_name, unique_repr):
+        calls.append(endpoint_name)
+        return original(self, endpoint_name, unique_repr)
+
+    monkeypatch.setattr(SageMakerRuntimeBackend, "invoke_endpoint", recorded)
+    return calls
+
+
+def test_real_time_limits_are_refused_before_sending(cloud, realtime_calls):
+    name = in_service(cloud, "real-time")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    with pytest.raises(Refused) as caught:
+        invoke(cloud, name, "txt2img", {"prompt": "a cat", "width": 2048, "height": 2048, "batch_size": 8}, models)
+    assert "8 image(s) of 2048x2048" in str(caught.value) and "6 MB" in str(caught.value)
+    assert "async endpoint" in str(caught.value)
+    noise = Image.frombytes("RGB", (1300, 1300), os.urandom(1300 * 1300 * 3))  # noise: PNG cannot shrink it
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    big = base64.b64encode(out.getvalue()).decode()
+    assert len(big) > 6_000_000
+    with pytest.raises(Refused, match=r"The request is \d+\.\d MB; real-time endpoint .* at most 6 MB.*async"):
+        invoke(cloud, name, "img2img", {"prompt": "a cat", "init_images": [big]}, models)
+    with pytest.raises(Refused, match="would refuse the request: width must be a multiple of 8"):
+        invoke(cloud, name, "txt2img", {"prompt": "a cat", "width": 100}, models)
+    assert realtime_calls == []
+
+
+def test_real_time_answer(cloud, emulator, realtime_calls):
+    name = in_service(cloud, "real-time")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    request = {"task": "txt2img", "payload": {"prompt": "a cat", "seed": 7, "batch_size": 2}, "models": models}
+    canned = {"results": [{"Body": server_answer(request, with_chunk=False).decode(), "ContentType": "application/json",
+                           "InvokedProductionVariant": "AllTraffic", "CustomAttributes": ""}]}
+    post = urllib.request.Request(emulator.url + "/moto-api/static/sagemaker/endpoint-results",
+                                  data=json.dumps(canned).encode(), method="POST")
+    urllib.request.urlopen(post, timeout=10).read()
+    states = []
+    result = invoke(cloud, name, "txt2img", request["payload"], models, on_state=lambda s, m: states.append(s))
+    assert len(realtime_calls) == 1  # (moto does not read the name from the path)
+    assert states == ["generating", "done"]
+    assert result.info["all_seeds"] == [7, 8] and result.parameters["prompt"] == "a cat"
+    # PNGs that came without their infotext get it from info, as the WebUI keeps it with the file
+    assert [png_parameters(i) for i in result.images] == result.infotexts == [
+        "a cat\nSteps: 20, Sampler: Euler, Seed: 7", "a cat\nSteps: 20, Sampler: Euler, Seed: 8"]
+    assert Image.open(io.BytesIO(result.images[1])).size == (8, 8)
+
+
+def model_error(status: int, body: str, message: str = "Received client error from primary") -> ClientError:
+    response = {"Error": {"Code": "ModelError", "Message": message}, "OriginalStatusCode": status,
+                "OriginalMessage": body, "ResponseMetadata": {"HTTPStatusCode": 424}}
+    return ClientError(response, "InvokeEndpoint")
+
+
+def test_container_errors_carry_the_servers_message():
+    refused = generation._invoke_error("ep", model_error(400, json.dumps(
+        {"error": "width must be a multiple of 8, not 100", "field": "width"})))
+    assert isinstance(refused, Refused) and refused.field == "width"
+    assert str(refused) == "Endpoint 'ep' refused the request: width must be a multiple of 8, not 100"
+    missing = generation._invoke_error("ep", model_error(404, json.dumps({"error": "lora x.pt: not in the bucket"})))
+    assert isinstance(missing, NotFound) and "lora x.pt: not in the bucket" in str(missing)
+    failed = generation._invoke_error("ep", model_error(507, json.dumps({"error": "Out of GPU memory"})))
+    assert type(failed) is UserError and str(failed) == "Endpoint 'ep' could not generate: Out of GPU memory"
+    slow = generation._invoke_error("ep", model_error(0, "", "Your invocation timed out while waiting for a response "
+                                                             "from container primary."))
+    assert isinstance(slow, TransferError) and "60 seconds" in str(slow) and "async endpoint" in str(slow)
+
+
+# -- async ----------------------------------------------------------------------------------------------------------
+def test_async_request_goes_through_s3_and_nothing_stays(cloud, s3, fake_async):
+    name = in_service(cloud, "async")
+    models = resolve_models(cloud, "sd15", "vae-ft", ["a cat <lora:style:0.5>"], ["easynegative"])
+    states = []
+    payload = {"prompt": "a cat <lora:style:0.5>", "negative_prompt": "easynegative", "seed": 42, "batch_size": 2}
+    result = invoke(cloud, name, "txt2img", payload, models, on_state=lambda s, m: states.append((s, m)))
+    [(key, request)] = fake_async.inputs
+    assert key.startswith("inference/input/") and key.endswith(".json")
+    assert request == {"task": "txt2img", "payload": payload, "models": models}
+    assert [s for s, _ in states] == ["queued", "generating", "done"]
+    assert key[len("inference/input/"):-5] in states[0][1]  # the inference id
+    assert result.info["all_seeds"] == [42, 43] and len(result.images) == 2
+    assert png_parameters(result.images[0]) == "a cat <lora:style:0.5>\nSteps: 20, Sampler: Euler, Seed: 42"
+    assert keys(s3, "inference/") == []
+
+
+def test_async_scaling_up_from_zero(cloud, fake_async):
+    name = in_service(cloud, "async")
+    variant = sagemaker_variant(name)
+    variant["CurrentInstanceCount"] = 0
+    states = []
+
+    def instance_up():
+        variant["CurrentInstanceCount"] = 1
+        deadline = time.monotonic() + 10
+        while "generating" not in [s for s, _ in states] and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    fake_async.before_answer = instance_up
+    invoke(cloud, name, "txt2img", {"prompt": "a cat"}, resolve_models(cloud, "sd15", None, ["a cat"]),
+           on_state=lambda s, m: states.append((s, m)))
+    assert [s for s, _ in states] == ["queued", "scaling up from zero", "generating", "done"]
+    assert states[1][1] == "scaling up from zero, about 5–10 minutes"
+
+
+def test_async_failure_is_the_servers_message(cloud, s3, fake_async):
+    name = in_service(cloud, "async")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    fake_async.respond = lambda request: ("failure", json.dumps(
+        {"error": "steps must be between 1 and 150, not 500", "field": "steps"}).encode())
+    with pytest.raises(Refused) as caught:
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models)
+    assert str(caught.value) == f"Endpoint '{name}' refused the request: steps must be between 1 and 150, not 500"
+    assert caught.value.field == "steps"
+    fake_async.respond = lambda request: ("failure", b"Received server error (500) from model")
+    with pytest.raises(UserError, match=f"Endpoint '{name}' could not generate: Received server error"):
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models)
+    assert keys(s3, "inference/") == []
+
+
+def test_async_timeout_and_cancel(cloud, s3, fake_async):
+    name = in_service(cloud, "async")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    fake_async.respond = lambda request: None  # never answers
+    started = time.monotonic()
+    with pytest.raises(TransferError) as caught:
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, timeout=1.5)
+    assert time.monotonic() - started < 5
+    inference_id = fake_async.inputs[0][0][len("inference/input/"):-5]
+    assert f"Endpoint '{name}' gave no answer within 1.5 seconds (inference id {inference_id})" in str(caught.value)
+    cancel, states = threading.Event(), []
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match=f"Stopped waiting for endpoint '{name}'"):
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, cancel=cancel,
+               on_state=lambda s, m: states.append(s))
+    assert time.monotonic() - started < 3 and states[0] == "queued" and "done" not in states
+    assert keys(s3, "inference/") == []  # the requests were withdrawn
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+def cli(env, *args):
+    proc = subprocess.run([sys.executable, "-m", "aws_extension", *args], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_cli_generate_writes_pngs_with_their_infotext(cloud, aws_env, fake_async, tmp_path):
+    name = in_service(cloud, "async")
+    out = tmp_path / "out"
+    proc = cli(aws_env, "--json", "generate", "--endpoint", name, "--checkpoint", "sd15", "--prompt",
+               "a cat <lora:style:0.5>", "--negative-prompt", "EasyNegative", "--seed", "5", "--batch-size", "2",
+               "--steps", "20", "--sampler", "DPM++ 2M", "--width", "512", "--height", "768", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads(proc.stdout)
+    assert [Path(s["path"]).name for s in saved] == ["5-0.png", "6-1.png"]
+    assert [s["seed"] for s in saved] == [5, 6]
+    for item in saved:
+        assert png_parameters(Path(item["path"]).read_bytes()) == item["infotext"]
+        assert item["infotext"].endswith(f"Seed: {item['seed']}")
+    [(_, request)] = fake_async.inputs
+    assert request["task"] == "txt2img" and request["models"]["lora"] == [uri("Lora", "style.pt")]
+    assert request["models"]["embeddings"] == [uri("embeddings", "EasyNegative.safetensors")]
+    assert request["payload"] == {"prompt": "a cat <lora:style:0.5>", "negative_prompt": "EasyNegative", "seed": 5,
+                                  "batch_size": 2, "steps": 20, "sampler_name": "DPM++ 2M", "width": 512,
+                                  "height": 768}
+    assert f"{name}: queued on {name}" in proc.stderr and "2 image(s)" in proc.stderr
+
+    init = tmp_path / "init.png"
+    init.write_bytes(png(1))
+    again = cli(aws_env, "generate", "--endpoint", name, "--checkpoint", "sd15.safetensors [6ce0161689]",
+                "--prompt", "a dog", "--seed", "5", "--init-image", str(init), "--denoising-strength", "0.5",
+                "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == [str(out / "5-0-2.png")]  # the earlier 5-0.png stays
+    request = fake_async.inputs[1][1]
+    assert request["task"] == "img2img" and request["payload"]["denoising_strength"] == 0.5
+    assert base64.b64decode(request["payload"]["init_images"][0]) == init.read_bytes()
+
+
+def test_cli_generate_refusals(cloud, aws_env, tmp_path):
+    assert cli(aws_env, "generate", "--endpoint", "x", "--checkpoint", "sd15").returncode == 2  # no --prompt
+    mask = cli(aws_env, "generate", "--endpoint", "x", "--checkpoint", "sd15", "--prompt", "p", "--mask", "m.png")
+    assert (mask.returncode, mask.stderr.strip()) == (1, "error: --mask is for img2img: add --init-image.")
+    (tmp_path / "not.png").write_bytes(b"text")
+    bad = cli(aws_env, "generate", "--endpoint", "x", "--checkpoint", "sd15", "--prompt", "p",
+              "--init-image", str(tmp_path / "not.png"))
+    assert bad.returncode == 1 and "not a PNG or JPEG image" in bad.stderr
+    lora = cli(aws_env, "generate", "--endpoint", "x", "--checkpoint", "sd15", "--prompt", "<lora:nope:1>")
+    assert lora.returncode == 1 and "'nope'" in lora.stderr
+    gone = cli(aws_env, "generate", "--endpoint", "x", "--checkpoint", "sd15", "--prompt", "p")
+    assert gone.returncode == 1 and "Endpoint 'x' does not exist" in gone.stderr
