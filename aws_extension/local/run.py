@@ -25,6 +25,9 @@ def run_local(emulator: LocalEmulator, bucket: Optional[str] = None, stop: Optio
         print(f"export {name}={shlex.quote(value)}")
     print(f"# AWS emulator on {emulator.url}, bucket {result.bucket}. Paste the lines above into another shell,", flush=True)
     print("# then e.g. `python -m aws_extension models list`. Ctrl-C stops the emulator (its data is in memory).", flush=True)
+    if emulator.runtime:
+        print(f"# Endpoints run the local inference server; their logs and model caches are in {emulator.work_dir}.",
+              flush=True)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

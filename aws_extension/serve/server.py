@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
@@ -121,4 +122,15 @@ def main(host: str, port: int, cache_dir: Optional[str], cache_gb: Optional[floa
     for noisy in ("botocore", "urllib3", "s3transfer"):  # their debug lines can carry signed URLs
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = Handler.from_environment(cache_dir, int(cache_gb * 1024 ** 3) if cache_gb else None)
+    if os.environ.get("SD_SAGEMAKER_PARENT_PID"):
+        threading.Thread(target=exit_with_parent, args=(int(os.environ["SD_SAGEMAKER_PARENT_PID"]),),
+                         name="parent-watch", daemon=True).start()
     return serve(host, port, handler)
+
+
+def exit_with_parent(pid: int) -> None:
+    """A local endpoint's server stops (as on SIGTERM) when the emulator that started it is gone, even if killed."""
+    while os.getppid() == pid:
+        time.sleep(1.0)
+    log.info("the process that started this server is gone: shutting down")
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -33,10 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def cloud(tmp_path_factory):
-    """The emulator with the bucket set up and the tiny models uploaded: name -> S3 URI (+ 'env', 'aws')."""
+    """The emulator with the bucket set up and the tiny models uploaded: name -> S3 URI (+ 'env', 'aws', 'emulator')."""
     import tiny_models
 
-    em = LocalEmulator(creating_seconds=0.5).start()
+    # endpoints created here run the inference server as local processes (test_local_runtime.py)
+    em = LocalEmulator(runtime=True, work_dir=str(tmp_path_factory.mktemp("endpoints")), startup_timeout=120).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     home = tmp_path_factory.mktemp("aws-home")
     env.update(em.env(), AWS_CONFIG_FILE=str(home / "config"), AWS_SHARED_CREDENTIALS_FILE=str(home / "creds"))
@@ -62,7 +63,7 @@ def cloud(tmp_path_factory):
     broken.write_bytes(os.urandom(4096))
     [result] = upload_paths(aws, "checkpoint", [str(broken)])
     uris["broken"] = f"s3://{aws.bucket}/{result.key}"
-    yield {**uris, "env": env, "aws": aws, "files": files}
+    yield {**uris, "env": env, "aws": aws, "files": files, "emulator": em}
     os.environ.clear()
     os.environ.update(saved)
     em.stop()
