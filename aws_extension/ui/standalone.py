@@ -47,7 +47,7 @@ def build_app(ctx: TabContext):
 
     from .tab import build_tab
 
-    tab = build_tab(ctx)
+    tab = build_tab(ctx, standalone=True)
     with gr.Blocks(title="Amazon SageMaker", analytics_enabled=False) as demo:
         tab.render()
         demo.load(None, None, None, **js(LOADER % script_names()))
@@ -63,7 +63,7 @@ def serve(host: str = "127.0.0.1", port: int = 7861, models_dirs: Optional[List[
         from ..bootstrap import setup
         from ..local.emulator import LocalEmulator
 
-        emulator = LocalEmulator().start()
+        emulator = LocalEmulator(runtime=True).start()  # endpoints run the local inference server
         os.environ.update(emulator.env())
         allow_private_urls = True  # the emulator and test servers live on loopback
     resolved = Settings.resolve(settings or {}, allow_private_urls=allow_private_urls)
@@ -74,7 +74,11 @@ def serve(host: str = "127.0.0.1", port: int = 7861, models_dirs: Optional[List[
     from .routes import add_routes
 
     demo = build_app(ctx)
-    demo.queue()
+    # several jobs at once: a generation waiting for an endpoint to scale up must not hold every other click
+    try:
+        demo.queue(concurrency_count=4)  # gradio 3.x
+    except TypeError:
+        demo.queue(default_concurrency_limit=4)  # gradio 4.x
     app, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, auth=auth,
                               show_api=False, quiet=True)
     add_routes(app, ctx)

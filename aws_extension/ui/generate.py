@@ -1,0 +1,170 @@
+"""Generate (standalone only): txt2img / img2img on an endpoint with the cloud's models.
+
+Inside the WebUI, its own txt2img and img2img tabs do this through our script, so the tab there has no such section.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import gradio as gr
+
+from ..endpoints import list_endpoints
+from ..errors import Interrupted
+from ..generation import SERVING, invoke, png_parameters, resolve_models
+from ..models.catalog import list_models
+from ..models.transfer import Progress
+from .context import TabContext, choice_update, message, run_with_progress
+
+SAMPLERS = ["Euler a", "Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC"]
+SCHEDULES = ["Automatic", "Karras", "Exponential"]
+NO_VAE = "None"  # the checkpoint's own VAE, as the WebUI says (and the txt2img script)
+NO_ENDPOINT = "Choose an endpoint first: click Refresh beside it to list those InService."
+
+
+def png_base64(image) -> str:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def gallery_images(pngs: list) -> list:
+    """PIL images keep their "parameters" text, which gradio writes back into the PNGs it serves."""
+    from PIL import Image
+
+    return [Image.open(io.BytesIO(png)) for png in pngs]
+
+
+def stop_job(job: dict) -> None:
+    """The Stop click: the running generation's cancel (or, before it registers, a flag it checks)."""
+    job["stopped"] = True
+    if job.get("cancel") is not None:
+        job["cancel"].set()
+
+
+def build(ctx: TabContext) -> None:
+    gr.Markdown("### Generate\nOn an InService endpoint, with the checkpoint and VAE from the cloud.")
+    with gr.Row():
+        endpoint = gr.Dropdown([], label="Endpoint", elem_id="sagemaker-gen-endpoint")
+        endpoints_refresh = gr.Button("Refresh", elem_id="sagemaker-gen-endpoint-refresh", scale=0)
+        checkpoint = gr.Dropdown([], label="Cloud checkpoint", elem_id="sagemaker-gen-checkpoint")
+        vae = gr.Dropdown([NO_VAE], value=NO_VAE, label="Cloud VAE", elem_id="sagemaker-gen-vae")
+        models_refresh = gr.Button("Refresh", elem_id="sagemaker-gen-models-refresh", scale=0)
+    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="sagemaker-gen-prompt")
+    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="sagemaker-gen-negative")
+    with gr.Row():
+        sampler = gr.Dropdown(SAMPLERS, value="DPM++ 2M", label="Sampling method", elem_id="sagemaker-gen-sampler")
+        schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule type", elem_id="sagemaker-gen-schedule")
+        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="sagemaker-gen-steps")
+        cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="sagemaker-gen-cfg")
+    with gr.Row():
+        width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="sagemaker-gen-width")
+        height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="sagemaker-gen-height")
+        batch = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="sagemaker-gen-batch")
+        seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="sagemaker-gen-seed")
+    with gr.Accordion("img2img", open=False, elem_id="sagemaker-gen-img2img"):
+        init = gr.Image(type="pil", label="Init image (optional: generates img2img)", elem_id="sagemaker-gen-init")
+        strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="sagemaker-gen-denoising")
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", elem_id="sagemaker-gen-run")
+        stop = gr.Button("Stop", elem_id="sagemaker-gen-stop", scale=0)
+    result = gr.Textbox(label="Progress", interactive=False, elem_id="sagemaker-gen-result")
+    gallery = gr.Gallery(label="Images", columns=4, object_fit="contain", elem_id="sagemaker-gen-gallery")
+    info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id="sagemaker-gen-info")
+    infotexts = gr.State([])  # one per image: the selected image's is shown
+    # this page's running generation (State gives each page its own dict, passed by reference to both clicks);
+    # gradio's own `cancels` does not reliably close a generator, so Stop sets the core's cancel itself
+    job = gr.State({})
+
+    def list_serving(keep):
+        try:
+            names = [e.name for e in list_endpoints(ctx.aws()) if e.status in SERVING]
+        except Exception as exc:  # noqa: BLE001
+            return choice_update([]), message(exc)
+        text = f"{len(names)} InService endpoint(s)." if names else \
+            "No InService endpoint: deploy one in Cloud Assets Management, or wait until it is InService."
+        return choice_update(names, keep), text
+
+    def list_cloud_models(keep_checkpoint, keep_vae):
+        try:
+            aws = ctx.aws()
+            checkpoints = [m.name for m in list_models(aws, "checkpoint")]
+            vaes = [NO_VAE] + [m.name for m in list_models(aws, "vae")]
+        except Exception as exc:  # noqa: BLE001
+            return choice_update([]), gr.update(), message(exc)
+        text = f"{len(checkpoints)} checkpoint(s), {len(vaes) - 1} VAE(s) in the cloud." if checkpoints else \
+            "No checkpoint in the cloud yet: upload one in Cloud Models Management."
+        return choice_update(checkpoints, keep_checkpoint), choice_update(vaes, keep_vae), text
+
+    def generate(job_now, endpoint_name, checkpoint_name, vae_name, prompt_text, negative_text, sampler_name,
+                 schedule_name, steps_n, cfg_scale, width_n, height_n, batch_n, seed_n, init_image, denoising):
+        if not endpoint_name:
+            yield gr.update(), gr.update(), gr.update(), NO_ENDPOINT
+            return
+        started = time.monotonic()
+        done: dict = {}
+        job_now.clear()
+
+        def work(progress, cancel):
+            job_now["cancel"] = cancel
+            if job_now.get("stopped"):
+                cancel.set()
+
+            def on_state(state: str, text: str) -> None:
+                progress(Progress(endpoint_name, state=state, message=text))
+
+            on_state("models", "finding the models in the cloud")
+            payload = {"prompt": prompt_text or "", "negative_prompt": negative_text or "",
+                       "sampler_name": sampler_name, "scheduler": schedule_name, "steps": int(steps_n),
+                       "cfg_scale": float(cfg_scale), "width": int(width_n), "height": int(height_n),
+                       "batch_size": int(batch_n), "seed": -1 if seed_n is None else int(seed_n)}
+            task = "txt2img"
+            if init_image is not None:
+                task = "img2img"
+                payload.update(init_images=[png_base64(init_image)], denoising_strength=float(denoising))
+            aws = ctx.aws()
+            models = resolve_models(aws, checkpoint_name or "", vae_name, [payload["prompt"]],
+                                    [payload["negative_prompt"]])
+            try:
+                done["generation"] = invoke(aws, endpoint_name, task, payload, models, on_state=on_state,
+                                            cancel=cancel)
+            except Interrupted as exc:  # asked for: said plainly, not as an error
+                return str(exc)
+            return done["generation"]
+
+        def render(state: dict) -> str:
+            p = state[endpoint_name]
+            return f"Endpoint {endpoint_name}: {p.message} ({time.monotonic() - started:.0f} s)"
+
+        def finish(g) -> str:
+            if isinstance(g, str):
+                return g
+            seeds = (g.info.get("all_seeds") or [g.info.get("seed")])
+            seed_text = ", ".join(str(s) for s in seeds if s is not None)
+            return f"{len(g.images)} image(s) from endpoint {endpoint_name} in {g.seconds:.1f} s" + \
+                (f" (seed {seed_text})." if seed_text else ".")
+
+        # progress and errors come as text; the images come once, with the last text
+        last = ""
+        for last in run_with_progress(work, render, finish):
+            if "generation" not in done:
+                yield gr.update(), gr.update(), gr.update(), last
+        g = done.get("generation")
+        if g is not None:
+            texts = g.infotexts or [png_parameters(png) or "" for png in g.images]
+            yield gallery_images(g.images), (texts[0] if texts else ""), texts, last
+
+    def show_info(texts, evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else 0
+        return texts[index] if 0 <= index < len(texts) else gr.update()
+
+    endpoints_refresh.click(list_serving, endpoint, [endpoint, result])
+    models_refresh.click(list_cloud_models, [checkpoint, vae], [checkpoint, vae, result])
+    form = [job, endpoint, checkpoint, vae, prompt, negative, sampler, schedule, steps, cfg, width, height, batch, seed,
+            init, strength]
+    run.click(generate, form, [gallery, info, infotexts, result])
+    # not queued: it must run while the generation holds the queue
+    stop.click(stop_job, job, None, queue=False)
+    gallery.select(show_info, infotexts, info)

@@ -1,0 +1,246 @@
+"""The standalone tab's Generate section in Chromium.
+
+First on the plain emulator (no inference server): the refusals, and the waiting states with Stop. Then on an
+emulator with its runtime on, where endpoints run the real inference server with tiny random-weight models and the
+images come back into the gallery with their infotext.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from test_ui_tab import choose, connection_line, fill, keys, wait_idle, wait_value
+from ui_support import standalone
+from aws_extension import generation
+from aws_extension.aws import Aws
+from aws_extension.bootstrap import setup
+from aws_extension.config import Settings
+from aws_extension.endpoints import EndpointSpec, deploy, wait_until_settled
+from aws_extension.generation import png_parameters
+from aws_extension.local.emulator import ACCOUNT_ID, LOCAL_IMAGE, REGION, LocalEmulator
+from aws_extension.models.uploads import upload_paths
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = "sagemaker-gen-result"
+
+
+# -- page helpers ------------------------------------------------------------------------------------------------
+def set_number(page, elem_id: str, value) -> None:
+    """A slider's or number's value, typed into its number box as a user does."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+    expect(box).to_have_value(str(value))
+
+
+def pick_models(page, endpoint: str, checkpoint: str, vae: str = "None") -> None:
+    page.click("#sagemaker-gen-endpoint-refresh")
+    wait_value(page, RESULT, "InService endpoint(s)")
+    choose(page, "sagemaker-gen-endpoint", endpoint)
+    page.click("#sagemaker-gen-models-refresh")
+    wait_value(page, RESULT, "checkpoint(s)")
+    choose(page, "sagemaker-gen-checkpoint", checkpoint)
+    choose(page, "sagemaker-gen-vae", vae)
+
+
+def thumbnails(page):
+    return page.locator("#sagemaker-gen-gallery button.thumbnail-item")
+
+
+# -- 1. without an inference server --------------------------------------------------------------------------------
+@pytest.fixture
+def offline_tab(tab, aws, tmp_path):
+    """The tab with one (unloadable) checkpoint in the cloud; Generate is the last section of the page."""
+    fake = tmp_path / "plain.safetensors"
+    fake.write_bytes(os.urandom(1024))
+    assert all(r.ok for r in upload_paths(aws, "checkpoint", [str(fake)]))
+    expect(connection_line(tab)).to_contain_text("Account ")
+    wait_idle(tab)
+    yield tab
+    wait_idle(tab)
+
+
+def in_service(aws, name: str, endpoint_type: str) -> str:
+    deploy(aws, EndpointSpec(name=name, endpoint_type=endpoint_type, min_instances=1, autoscaling=False),
+           background=False)
+    assert wait_until_settled(aws, name, timeout=20, poll=0.1) == "InService"
+    return name
+
+
+def test_refusals_show_as_messages(offline_tab, aws, emulator):
+    page = offline_tab
+    page.click("#sagemaker-gen-run")
+    wait_value(page, RESULT, "Choose an endpoint first")
+
+    name = in_service(aws, "gen-refused", "real-time")
+    pick_models(page, name, "plain.safetensors")
+    # someone redeploys it meanwhile: the list still offers it, the click is refused naming it
+    sm = aws.client("sagemaker")
+    config = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+    emulator.creating_seconds = 600
+    sm.delete_endpoint(EndpointName=name)
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    fill(page, "sagemaker-gen-prompt", "a cat")
+    page.click("#sagemaker-gen-run")
+    wait_value(page, RESULT, f"Error: Endpoint '{name}' is Creating: wait until it is InService.")
+    expect(thumbnails(page)).to_have_count(0)
+
+
+class NeverAnswers:
+    """SageMaker's async runtime with an endpoint that never answers (answer locations in our bucket)."""
+
+    def __init__(self, bucket: str):
+        self.bucket = bucket
+
+    def __call__(self, endpoint_name: str, input_location: str):  # a class attribute, so called without the backend
+        stem = input_location.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        return (f"s3://{self.bucket}/inference/output/{stem}.out",
+                f"s3://{self.bucket}/inference/failure/{stem}-error.out")
+
+
+def test_waiting_states_and_stop(offline_tab, aws, monkeypatch):
+    from moto.sagemaker.models import sagemaker_backends
+    from moto.sagemakerruntime.models import SageMakerRuntimeBackend
+
+    page = offline_tab
+    monkeypatch.setattr(SageMakerRuntimeBackend, "invoke_endpoint_async", NeverAnswers(aws.bucket))
+    monkeypatch.setattr(generation, "INSTANCES_EVERY", 0.1)
+    name = in_service(aws, "gen-waits", "async")
+    variant = sagemaker_backends[ACCOUNT_ID][REGION].endpoints[name].production_variants[0]
+    variant["CurrentInstanceCount"] = 0  # scaled in to zero, as an idle async endpoint is
+    pick_models(page, name, "plain.safetensors")
+    fill(page, "sagemaker-gen-prompt", "a lighthouse")
+    page.click("#sagemaker-gen-run")
+    wait_value(page, RESULT, f"Endpoint {name}: scaling up from zero, about 5–10 minutes (")
+    [request] = keys(aws, "inference/input/")  # the request waits in S3 for the endpoint
+    variant["CurrentInstanceCount"] = 1
+    wait_value(page, RESULT, f"Endpoint {name}: generating on {name} (")
+
+    page.click("#sagemaker-gen-stop")
+    inference_id = request[len("inference/input/"):-len(".json")]
+    text = wait_value(page, RESULT, f"Stopped waiting for endpoint '{name}' (inference id {inference_id}).")
+    assert not text.startswith("Error")
+    assert keys(aws, "inference/input/") == []  # the core withdrew its request
+    expect(thumbnails(page)).to_have_count(0)
+
+
+# -- 2. endpoints that really generate -------------------------------------------------------------------------------
+def serve_python():
+    """The inference server's Python: SD_SAGEMAKER_SERVE_PYTHON, else .venv-serve, else /tmp/vserve."""
+    for candidate in (os.environ.get("SD_SAGEMAKER_SERVE_PYTHON"), str(ROOT / ".venv-serve" / "bin" / "python"),
+                      "/tmp/vserve/bin/python"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """An emulator whose endpoints run the inference server, the tiny SD 1.x checkpoint and VAE uploaded, one
+    real-time and one async endpoint InService. Its environment stays set for the module's tests."""
+    python = serve_python()
+    if python is None:
+        pytest.skip("no Python for the inference server: run `bash container/install.sh .venv-serve` "
+                    "(or set SD_SAGEMAKER_SERVE_PYTHON)")
+    folder = tmp_path_factory.mktemp("tiny-models")
+    # torch lives in the server's environment only: the models are made there
+    made = subprocess.run([python, str(ROOT / "tests" / "serve" / "tiny_models.py"), str(folder)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    home = tmp_path_factory.mktemp("aws-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SD_SAGEMAKER_SERVE_PYTHON", python)
+        em = LocalEmulator(runtime=True, work_dir=str(tmp_path_factory.mktemp("endpoints")),
+                           startup_timeout=240).start()
+        try:
+            em.reset()  # moto's state is shared with any other emulator of this process
+            for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+                mp.delenv(name, raising=False)
+            mp.setenv("AWS_CONFIG_FILE", str(home / "config"))
+            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+            for name, value in em.env().items():
+                mp.setenv(name, value)
+            aws = Aws(Settings.resolve())
+            setup(aws)
+            for kind, file in (("checkpoint", "sd1.safetensors"), ("vae", "vae-sd1.safetensors")):
+                [result] = upload_paths(aws, kind, [str(folder / file)])
+                assert result.ok, result.error
+            names = {"real-time": "gen-live-rt", "async": "gen-live-async"}
+            for kind, name in names.items():  # both servers start side by side
+                deploy(aws, EndpointSpec(name=name, endpoint_type=kind, image_uri=LOCAL_IMAGE, min_instances=1,
+                                         autoscaling=False), background=False)
+            for name in names.values():
+                status = wait_until_settled(aws, name, timeout=300, poll=0.2)
+                reason = aws.client("sagemaker").describe_endpoint(EndpointName=name).get("FailureReason")
+                assert status == "InService", reason
+            yield SimpleNamespace(aws=aws, emulator=em, realtime=names["real-time"], async_=names["async"],
+                                  folder=folder)
+        finally:
+            em.stop()
+
+
+@pytest.fixture
+def live_tab(live, page):
+    with standalone() as url:
+        page.goto(url)
+        expect(connection_line(page)).to_contain_text("Account ")
+        wait_idle(page)
+        yield page
+        wait_idle(page, timeout=120_000)
+
+
+def image_bytes(page, index: int) -> bytes:
+    """The PNG the gallery serves for image `index`, as the browser downloads it."""
+    src = thumbnails(page).nth(index).locator("img").evaluate("e => e.src")
+    return page.request.get(src).body()
+
+
+def test_generate_on_a_realtime_endpoint(live, live_tab):
+    page = live_tab
+    pick_models(page, live.realtime, "sd1.safetensors")
+    fill(page, "sagemaker-gen-prompt", "a lighthouse at dusk")
+    fill(page, "sagemaker-gen-negative", "blurry")
+    choose(page, "sagemaker-gen-sampler", "Euler")
+    for elem_id, value in (("steps", 2), ("width", 64), ("height", 64), ("batch", 2), ("seed", 1234)):
+        set_number(page, f"sagemaker-gen-{elem_id}", value)
+    page.click("#sagemaker-gen-run")
+    wait_value(page, RESULT, f"2 image(s) from endpoint {live.realtime}", "(seed 1234, 1235).", timeout=180_000)
+    expect(thumbnails(page)).to_have_count(2)
+    info = wait_value(page, "sagemaker-gen-info", "a lighthouse at dusk\nNegative prompt: blurry\n", "Seed: 1234")
+    assert "Steps: 2, Sampler: Euler" in info and "Size: 64x64" in info and "Model: sd1" in info, info
+    # the gallery's files keep the infotext, as the WebUI's do
+    assert "Seed: 1235" in png_parameters(image_bytes(page, 1))
+    with Image.open(io.BytesIO(image_bytes(page, 0))) as first:
+        assert first.size == (64, 64)
+    thumbnails(page).nth(1).click()  # the selected image's infotext
+    wait_value(page, "sagemaker-gen-info", "Seed: 1235")
+
+
+def test_img2img_with_a_vae_on_an_async_endpoint(live, live_tab, tmp_path):
+    page = live_tab
+    pick_models(page, live.async_, "sd1.safetensors", "vae-sd1.safetensors")
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 80, 20)).save(init)
+    page.get_by_text("img2img", exact=True).click()  # the accordion
+    page.locator("#sagemaker-gen-init input[type=file]").set_input_files(str(init))
+    expect(page.locator("#sagemaker-gen-init img")).to_have_count(1)
+    set_number(page, "sagemaker-gen-denoising", 0.5)
+    fill(page, "sagemaker-gen-prompt", "an orange square")
+    for elem_id, value in (("steps", 2), ("width", 64), ("height", 64), ("seed", 7)):
+        set_number(page, f"sagemaker-gen-{elem_id}", value)
+    page.click("#sagemaker-gen-run")
+    wait_value(page, RESULT, f"1 image(s) from endpoint {live.async_}", "(seed 7).", timeout=180_000)
+    expect(thumbnails(page)).to_have_count(1)
+    info = wait_value(page, "sagemaker-gen-info", "an orange square\n", "Seed: 7", "Denoising strength: 0.5")
+    assert "VAE: vae-sd1" in info, info
+    assert keys(live.aws, "inference/") == []  # the request and the answer were taken out of S3
