@@ -118,9 +118,22 @@ def settings_texts() -> set:
     return {webui.TAB_TITLE, *webui.settings_strings()}
 
 
+def script_texts() -> set:
+    """The txt2img/img2img script's controls and messages (it imports the WebUI's modules: the stand-in's here)."""
+    import sys
+
+    saved = list(sys.path)
+    sys.path.insert(0, str(ROOT / "tests" / "webui_standin"))
+    try:
+        from aws_extension import webui_script
+    finally:
+        sys.path[:] = saved
+    return set(webui_script.ui_strings())
+
+
 @pytest.fixture(scope="module")
 def expected() -> set:
-    return tab_texts() | settings_texts()
+    return tab_texts() | settings_texts() | script_texts()
 
 
 def load(language: str) -> dict:
