@@ -98,6 +98,17 @@ class AsyncStandIn:
             thread.join(timeout=timeout)
 
 
+def put_models(aws, s3, models: dict, sha256: dict, bucket: str = BUCKET) -> None:
+    """Small stand-in model files ({folder: [names]}) with their records (sha256 by name, where given)."""
+    from aws_extension.models.catalog import ModelRecord, write_record
+
+    for folder, names in models.items():
+        for name in names:
+            key = f"models/{folder}/{name}"
+            s3.put_object(Bucket=bucket, Key=key, Body=b"x" * 10)
+            write_record(aws, ModelRecord(type=folder, name=name, key=key, size=10, sha256=sha256.get(name)))
+
+
 def install(monkeypatch, s3, bucket: str = BUCKET) -> AsyncStandIn:
     """The stand-in in place of the emulator's async invocation, and the client looking at instances often."""
     from moto.sagemakerruntime.models import SageMakerRuntimeBackend

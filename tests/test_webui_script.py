@@ -12,12 +12,11 @@ import time
 
 import boto3
 import pytest
-from async_stand_in import BUCKET, DEFAULT_SEED, in_service, install, set_instances
+from async_stand_in import BUCKET, DEFAULT_SEED, in_service, install, put_models, set_instances
 from PIL import Image
 from test_webui_glue import ROOT, load_by_path, webui  # noqa: F401 - the `webui` fixture
 
 from aws_extension.local.emulator import REGION
-from aws_extension.models.catalog import ModelRecord, write_record
 
 SHA = {"sd15.safetensors": "6ce0161689" + "a" * 54, "xl.safetensors": "31e35c80fc" + "b" * 54}
 MODELS = {"Stable-diffusion": ["sd15.safetensors", "xl.safetensors"], "VAE": ["vae-ft.safetensors"],
@@ -31,11 +30,7 @@ def s3(aws_env):
 
 @pytest.fixture
 def cloud(aws, s3):
-    for folder, names in MODELS.items():
-        for name in names:
-            key = f"models/{folder}/{name}"
-            s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 10)
-            write_record(aws, ModelRecord(type=folder, name=name, key=key, size=10, sha256=SHA.get(name)))
+    put_models(aws, s3, MODELS, SHA)
     return aws
 
 
