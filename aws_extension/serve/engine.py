@@ -23,6 +23,7 @@ from PIL import Image, ImageFilter
 from ..errors import Interrupted
 from .cache import ModelCache
 from .checkpoint import load_pipeline, load_vae
+from .infotext import model_hash, network_hash
 from .prompts import Embeddings, encode_prompts, extract_networks
 from .request import BadRequest, GenerationRequest, resolve_seeds
 from .schedulers import make_scheduler
@@ -59,12 +60,12 @@ class Generated:
     images: List[Image.Image]
     seeds: List[int]
     subseeds: List[int]
-    infotexts: List[str]
     model_name: str
     model_hash: str
     vae_name: Optional[str]
     vae_hash: Optional[str]
-    extra: Dict[str, str]  # "Lora hashes" / "TI hashes" as the WebUI's extra_generation_params
+    lora_hashes: Dict[str, str]  # name -> the WebUI's 12-hex network hash, for "Lora hashes"
+    ti_hashes: Dict[str, str]  # the embeddings the prompts used, for "TI hashes"
     seconds: float
 
 
@@ -170,7 +171,7 @@ class Engine:
             pipe.unload_lora_weights()  # the fused weights stay; the modules are plain again
         m.loras = key
 
-    def _prepare(self, req: GenerationRequest, stack: ExitStack) -> Tuple[Loaded, str, Dict[str, str]]:
+    def _prepare(self, req: GenerationRequest, stack: ExitStack) -> Tuple[Loaded, str, dict, dict]:
         models = req.models
         path = stack.enter_context(self.cache.using(models.checkpoint))
         m = self._checkpoint(models.checkpoint, path)
@@ -185,7 +186,7 @@ class Engine:
                                            f"({', '.join(by_name) or 'none sent'}).")
             lora_path = stack.enter_context(self.cache.using(by_name[name]))
             wanted.append((name, lora_path, weight))
-            lora_hashes[name] = self.cache.sha256(lora_path)[:12]
+            lora_hashes[name] = network_hash(self.cache.sha256(lora_path))
         self._loras(m, wanted)
         ti_hashes = {}
         m.embeddings.clear()  # only what this request sends: the WebUI too uses only the embeddings it has
@@ -193,24 +194,16 @@ class Engine:
             name = model_name(uri)
             emb_path = stack.enter_context(self.cache.using(uri))
             m.embeddings.load(name, emb_path, m.arch.kind)
-            ti_hashes[name] = self.cache.sha256(emb_path)[:12]
+            ti_hashes[name] = network_hash(self.cache.sha256(emb_path))
         used = set(m.embeddings.used([prompt, req.negative_prompt]))
-        extra = {}
-        if lora_hashes:
-            extra["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in lora_hashes.items())
-        ti_used = {k: v for k, v in ti_hashes.items() if k in used}
-        if ti_used:
-            extra["TI hashes"] = ", ".join(f"{k}: {v}" for k, v in ti_used.items())
-        return m, prompt, extra
+        return m, prompt, lora_hashes, {k: v for k, v in ti_hashes.items() if k in used}
 
     # -- generation -------------------------------------------------------------------------------------
     def generate(self, req: GenerationRequest, cancel: Optional[threading.Event] = None) -> Generated:
-        from . import results  # infotext assembly lives with the response shape
-
         cancel = cancel or threading.Event()
         with self.lock, ExitStack() as stack, torch.inference_mode():
             started = time.monotonic()
-            m, prompt, extra = self._prepare(req, stack)
+            m, prompt, lora_hashes, ti_hashes = self._prepare(req, stack)
             embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
                                     embeddings=m.embeddings)
             seeds, subseeds = resolve_seeds(req.seed, req.subseed, req.batch_size, req.n_iter,
@@ -219,13 +212,10 @@ class Engine:
             for i in range(req.n_iter):
                 batch = slice(i * req.batch_size, (i + 1) * req.batch_size)
                 images += self._run(m, req, embeds, seeds[batch], subseeds[batch], cancel)
-            generated = Generated(images=images, seeds=seeds, subseeds=subseeds, infotexts=[],
-                                  model_name=model_name(m.uri), model_hash=m.sha256[:10],
-                                  vae_name=model_name(m.vae_uri) if m.vae_uri else None,
-                                  vae_hash=m.vae_sha256[:10] if m.vae_sha256 else None, extra=extra,
-                                  seconds=time.monotonic() - started)
-            generated.infotexts = [results.image_infotext(req, generated, j) for j in range(len(images))]
-            return generated
+            return Generated(images=images, seeds=seeds, subseeds=subseeds, model_name=model_name(m.uri),
+                             model_hash=model_hash(m.sha256), vae_name=model_name(m.vae_uri) if m.vae_uri else None,
+                             vae_hash=model_hash(m.vae_sha256) if m.vae_sha256 else None, lora_hashes=lora_hashes,
+                             ti_hashes=ti_hashes, seconds=time.monotonic() - started)
 
     def _run(self, m: Loaded, req: GenerationRequest, embeds: dict, seeds: List[int], subseeds: List[int],
              cancel: threading.Event) -> List[Image.Image]:

@@ -28,6 +28,11 @@ def network_hash(sha256_hex: str) -> str:
     return model_hash(sha256_hex) + sha256_hex.strip().lower()[10:12]
 
 
+def hashes_text(hashes: Optional[Dict[str, str]]) -> Optional[str]:
+    """The "Lora hashes" / "TI hashes" value: "name: hash, name: hash" (None when there are none)."""
+    return ", ".join(f"{k}: {v}" for k, v in hashes.items()) if hashes else None
+
+
 def quote(value) -> str:
     text = str(value)
     if "," not in text and "\n" not in text and ":" not in text:
@@ -67,8 +72,8 @@ def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler: str, sch
         "Denoising strength": denoising_strength,
         "Clip skip": None if clip_skip <= 1 else clip_skip,
         # extra_generation_params come after the fixed keys; the Lora and TI extensions add these two
-        "Lora hashes": ", ".join(f"{k}: {v}" for k, v in lora_hashes.items()) if lora_hashes else None,
-        "TI hashes": ", ".join(f"{k}: {v}" for k, v in ti_hashes.items()) if ti_hashes else None,
+        "Lora hashes": hashes_text(lora_hashes),
+        "TI hashes": hashes_text(ti_hashes),
         "Version": version,
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, PngImagePlugin
 
-from .infotext import infotext
+from .infotext import hashes_text, infotext
 from .request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -31,11 +31,7 @@ def image_infotext(req: GenerationRequest, g: "Generated", index: int) -> str:
         model_name=g.model_name, model_hash=g.model_hash, vae_name=g.vae_name, vae_hash=g.vae_hash,
         subseed=g.subseeds[index], subseed_strength=req.subseed_strength,
         denoising_strength=req.denoising_strength if req.task == "img2img" else None, clip_skip=req.clip_skip,
-        lora_hashes=_pairs(g.extra.get("Lora hashes")), ti_hashes=_pairs(g.extra.get("TI hashes")), version=VERSION)
-
-
-def _pairs(text):
-    return dict(item.split(": ", 1) for item in text.split(", ")) if text else None
+        lora_hashes=g.lora_hashes, ti_hashes=g.ti_hashes, version=VERSION)
 
 
 def png_base64(image: Image.Image, info: str) -> str:
@@ -48,6 +44,9 @@ def png_base64(image: Image.Image, info: str) -> str:
 
 def response(req: GenerationRequest, payload: dict, g: "Generated") -> dict:
     count = len(g.images)
+    infotexts = [image_infotext(req, g, i) for i in range(count)]
+    extra = {"Schedule type": req.scheduler, "Lora hashes": hashes_text(g.lora_hashes),
+             "TI hashes": hashes_text(g.ti_hashes)}
     info = {
         "prompt": req.prompt, "all_prompts": [req.prompt] * count,
         "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * count,
@@ -59,8 +58,8 @@ def response(req: GenerationRequest, payload: dict, g: "Generated") -> dict:
         "sd_vae_name": g.vae_name, "sd_vae_hash": g.vae_hash,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": req.denoising_strength if req.task == "img2img" else None,
-        "extra_generation_params": {"Schedule type": req.scheduler, **g.extra},
-        "index_of_first_image": 0, "infotexts": g.infotexts, "styles": [],
+        "extra_generation_params": {k: v for k, v in extra.items() if v},
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": req.clip_skip,
         "is_using_inpainting_conditioning": False, "version": VERSION,
     }
@@ -71,5 +70,5 @@ def response(req: GenerationRequest, payload: dict, g: "Generated") -> dict:
                       subseed_strength=req.subseed_strength, batch_size=req.batch_size, n_iter=req.n_iter)
     if req.task == "img2img":  # the WebUI leaves the (large) input images out of the echo
         parameters.update(init_images=None, mask=None, denoising_strength=req.denoising_strength)
-    images = [png_base64(im, text) for im, text in zip(g.images, g.infotexts)] if req.send_images else []
+    images = [png_base64(im, text) for im, text in zip(g.images, infotexts)] if req.send_images else []
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
