@@ -16,10 +16,11 @@ from ..errors import Interrupted
 from ..generation import SERVING, invoke, png_parameters, resolve_models
 from ..models.catalog import list_models
 from ..models.transfer import Progress
+from ..serve import request
 from .context import TabContext, choice_update, message, run_with_progress
 
-SAMPLERS = ["Euler a", "Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC"]
-SCHEDULES = ["Automatic", "Karras", "Exponential"]
+SAMPLERS = list(request.SAMPLERS)  # what the inference server takes
+SCHEDULES = list(request.SCHEDULES)
 NO_VAE = "None"  # the checkpoint's own VAE, as the WebUI says (and the txt2img script)
 NO_ENDPOINT = "Choose an endpoint first: click Refresh beside it to list those InService."
 
