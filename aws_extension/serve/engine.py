@@ -53,6 +53,7 @@ class Loaded:
     embeddings: Embeddings = field(default_factory=Embeddings)
     variants: dict = field(default_factory=dict)  # img2img / inpaint pipelines sharing the components
     override_vaes: dict = field(default_factory=dict)
+    compiled: object = None  # the UNet's CompiledModule when compiling
 
 
 @dataclass
@@ -116,14 +117,15 @@ class Engine:
         started = time.monotonic()
         pipe, arch = load_pipeline(path, device=self.device, dtype=self.dtype, config_root=self.config_root)
         pipe.set_progress_bar_config(disable=True)
+        compiled = None
         if self.compile:
             from .compiled import CompiledModule
 
-            CompiledModule(pipe.unet, mode=self.compile_mode, backend=self.compile_backend,
-                           on_compiled=self._save_artifacts)
+            compiled = CompiledModule(pipe.unet, mode=self.compile_mode, backend=self.compile_backend,
+                                      on_compiled=self._save_artifacts)
         log.info("loaded %s (%s) in %.1f s", uri, arch.kind, time.monotonic() - started)
         self.loaded = Loaded(uri=uri, path=path, sha256=self.cache.sha256(path), pipe=pipe, arch=arch,
-                             scheduler_config=dict(pipe.scheduler.config), vae=pipe.vae)
+                             scheduler_config=dict(pipe.scheduler.config), vae=pipe.vae, compiled=compiled)
         return self.loaded
 
     def _vae(self, m: Loaded, uri: Optional[str], path: Optional[Path]) -> None:
