@@ -23,6 +23,7 @@ import pytest
 from inventory import NOTHING, cloud_inventory
 from aws_extension import endpoints
 from aws_extension.aws import Aws
+from aws_extension.cleanup import find_orphans, remove_orphans
 from aws_extension.config import Settings
 from aws_extension.endpoints import EndpointSpec, code_package, images
 from aws_extension.errors import ConfigError
@@ -300,3 +301,20 @@ def test_the_entry_as_the_toolkit_loads_it(tmp_path, monkeypatch):
     with pytest.raises(ToolkitError) as raised:
         inference.output_fn(prediction, "application/json")
     assert (raised.value.status_code, raised.value.phrase) == (503, "Service Unavailable")
+
+
+def test_cleanup_removes_code_packages_no_model_uses(no_image, monkeypatch):
+    aws = no_image
+    endpoints.deploy(aws, EndpointSpec(name="sd-old-code"), background=False)
+    old_url = model_of(aws, "sd-old-code")["ModelDataUrl"]
+    monkeypatch.setattr(code_package, "SERVER_REQUIREMENTS", code_package.SERVER_REQUIREMENTS + ("extra==1",))
+    endpoints.deploy(aws, EndpointSpec(name="sd-new-code"), background=False)
+    new_url = model_of(aws, "sd-new-code")["ModelDataUrl"]
+    assert old_url != new_url
+    assert [o for o in find_orphans(aws) if o.kind == "code-package"] == []  # both in use
+    endpoints.delete_endpoint(aws, "sd-old-code")
+    [orphan] = [o for o in find_orphans(aws) if o.kind == "code-package"]
+    assert aws.s3_uri(orphan.name) == old_url and "no model uses it" in orphan.detail
+    remove_orphans(aws, [orphan])
+    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix="code/")["Contents"]]
+    assert [aws.s3_uri(k) for k in keys] == [new_url]
