@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from datetime import datetime, timezone
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import boto3
 import botocore.exceptions as bex
@@ -72,6 +72,12 @@ class Aws:
 
     def s3_uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def split_s3_uri(uri) -> Tuple[str, str]:
+    """s3://bucket/key -> (bucket, key); ("", "") for anything else (each caller words its own refusal)."""
+    bucket, _, key = uri[len("s3://"):].partition("/") if isinstance(uri, str) and uri.startswith("s3://") else ("", "", "")
+    return (bucket, key) if bucket and key else ("", "")
 
 
 def iso(moment) -> str:

@@ -13,19 +13,19 @@ import re
 import threading
 import time
 import uuid
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import botocore.exceptions as bex
 
-from .aws import Aws, describe, error_code, is_not_found, translate
+from .aws import Aws, describe, error_code, is_not_found, split_s3_uri, translate
 from .compat import BaseModel
 from .endpoints import catalog, scaling
 from .errors import ConfigError, Interrupted, NotFound, Refused, TransferError, UserError
 from .models.catalog import CloudModel, list_models, read_record
 from .models.types import MODEL_EXTENSIONS, model_type
 from .prompt_tags import extract_networks
+from .serve.infotext import png_parameters, with_parameters
 from .serve.request import BadRequest, parse_request
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ WHAT_TO_DO = {
     "UpdateRollbackFailed": "it cannot serve: delete it and deploy again",
 }
 NO_VAE = ("", "none", "automatic")  # the WebUI's VAE settings that mean "the checkpoint's own"
+OWN_VAE = "None"  # how the lists offer "the checkpoint's own VAE", as the WebUI's VAE setting calls it
 EMBEDDING_EXTENSIONS = (".safetensors", ".pt", ".bin")  # what the server loads as embeddings
 HASH = re.compile(r"[0-9a-fA-F]{10,64}")  # the WebUI's "Model hash" is 10; a longer sha256 prefix works too
 TITLE = re.compile(r"(.+?)\s*\[([0-9a-fA-F]{8,64})\]")  # the WebUI's checkpoint title "name.safetensors [hash]"
@@ -64,6 +65,20 @@ class Generation(BaseModel):
     info: dict = {}
     infotexts: List[str] = []
     seconds: float = 0.0
+
+
+# -- what the forms offer -------------------------------------------------------------------------------------------
+def serving_endpoints(aws: Aws, reconcile: bool = True) -> List[str]:
+    """The endpoints that can generate now."""
+    return [e.name for e in catalog.list_endpoints(aws, reconcile=reconcile) if e.status in SERVING]
+
+
+def cloud_checkpoints(aws: Aws) -> List[str]:
+    return [m.name for m in list_models(aws, "checkpoint")]
+
+
+def cloud_vaes(aws: Aws) -> List[str]:
+    return [OWN_VAE] + [m.name for m in list_models(aws, "vae")]
 
 
 # -- models ---------------------------------------------------------------------------------------------------------
@@ -167,42 +182,6 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
     return {"checkpoint": aws.s3_uri(found.key), "vae": vae_uri, "lora": loras, "embeddings": embeddings}
 
 
-# -- PNG text -------------------------------------------------------------------------------------------------------
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _chunks(png: bytes):
-    at = len(PNG_SIGNATURE)
-    while at + 8 <= len(png):
-        length = int.from_bytes(png[at:at + 4], "big")
-        yield at, png[at + 4:at + 8], png[at + 8:at + 8 + length]
-        at += 12 + length
-
-
-def png_parameters(png: bytes) -> Optional[str]:
-    """The infotext in a PNG's "parameters" text chunk (tEXt, zTXt or iTXt), as the WebUI reads it."""
-    for _, kind, data in _chunks(png):
-        keyword, _, rest = data.partition(b"\0")
-        if keyword != b"parameters":
-            continue
-        if kind == b"tEXt":
-            return rest.decode("latin-1")
-        if kind == b"zTXt":
-            return zlib.decompress(rest[1:]).decode("latin-1")
-        if kind == b"iTXt":
-            compressed, text = rest[0], rest[2:].split(b"\0", 2)[-1]  # skip language tag and translated keyword
-            return (zlib.decompress(text) if compressed else text).decode("utf-8")
-    return None
-
-
-def with_parameters(png: bytes, infotext: str) -> bytes:
-    """The PNG with an iTXt "parameters" chunk before IEND (for an answer whose PNG lacks one)."""
-    iend = next((at for at, kind, _ in _chunks(png) if kind == b"IEND"), len(png))
-    data = b"parameters\0\0\0\0\0" + infotext.encode("utf-8")
-    chunk = len(data).to_bytes(4, "big") + b"iTXt" + data + zlib.crc32(b"iTXt" + data).to_bytes(4, "big")
-    return png[:iend] + chunk + png[iend:]
-
-
 # -- answers and errors ---------------------------------------------------------------------------------------------
 def server_error(endpoint: str, body, status: Optional[int] = None) -> UserError:
     """The server's JSON error ({"error", "field"}) as our error: 400 Refused, 404 NotFound, others UserError."""
@@ -254,7 +233,7 @@ def _generation(endpoint: str, task: str, body: bytes, started: float) -> Genera
                         f"{body[:200]!r}") from None
     infotexts = [str(t) for t in info.get("infotexts") or []] if isinstance(info, dict) else []
     for i, image in enumerate(images):
-        if not image.startswith(PNG_SIGNATURE):
+        if not image.startswith(b"\x89PNG\r\n\x1a\n"):
             raise UserError(f"Endpoint '{endpoint}' answered image {i + 1} in a format other than PNG.")
         if png_parameters(image) is None and i < len(infotexts):  # keep the infotext with the file, as the WebUI does
             images[i] = with_parameters(image, infotexts[i])
@@ -311,8 +290,8 @@ def _duration(seconds: float) -> str:
 
 
 def _split(uri: str) -> Tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/") if uri.startswith("s3://") else ("", "", "")
-    if not bucket or not key:
+    bucket, key = split_s3_uri(uri)
+    if not bucket:
         raise UserError(f"SageMaker gave an answer location that is not in S3: {uri!r}")
     return bucket, key
 

@@ -7,7 +7,6 @@ endpoint and returns a Processed: the WebUI then shows, saves and answers it as 
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import threading
@@ -19,16 +18,17 @@ from modules import images, processing, scripts, shared
 from PIL import Image
 
 from . import webui
-from .endpoints.catalog import list_endpoints
 from .errors import Interrupted, NotFound, Refused, UserError
-from .generation import SERVING, Generation, find_checkpoint_by_hash, invoke, png_parameters, resolve_models
-from .models.catalog import list_models
+from . import generation
+from .generation import (OWN_VAE, Generation, cloud_checkpoints, cloud_vaes, find_checkpoint_by_hash, invoke,
+                         png_parameters, resolve_models)
+from .serve.infotext import png_base64
 from .ui.context import TabContext, choice_update, message
 
 log = logging.getLogger("sd_webui_sagemaker")
 
 TITLE = "Amazon SageMaker"
-NO_VAE = "None"  # the checkpoint's own VAE, as the WebUI's VAE setting calls it
+NO_VAE = OWN_VAE
 REFRESH = "\U0001f504"  # the WebUI's refresh symbol
 BUILD_WAIT = 5.0  # seconds the UI build waits for AWS; past that the lists start empty and the refresh fills them
 LISTS_FRESH = 60.0  # txt2img and img2img are built one after the other: one listing serves both
@@ -66,15 +66,7 @@ class SageMakerError(RuntimeError):
 
 # -- lists ----------------------------------------------------------------------------------------------------------
 def serving_endpoints(aws) -> List[str]:
-    return [e.name for e in list_endpoints(aws, reconcile=False) if e.status in SERVING]
-
-
-def cloud_checkpoints(aws) -> List[str]:
-    return [m.name for m in list_models(aws, "checkpoint")]
-
-
-def cloud_vaes(aws) -> List[str]:
-    return [NO_VAE] + [m.name for m in list_models(aws, "vae")]
+    return generation.serving_endpoints(aws, reconcile=False)  # building a page attaches no autoscaling
 
 
 def _hint(endpoint_names: List[str], checkpoint_names: List[str]) -> str:
@@ -139,12 +131,6 @@ def _number(value, default: int = -1) -> int:
     return default if value in (None, "") else int(value)
 
 
-def _png_base64(image: Image.Image) -> str:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode("ascii")
-
-
 def prompts_of(p) -> Tuple[str, str]:
     """The prompt and negative prompt, with the chosen styles applied as the WebUI does before generating."""
     prompts = p.all_prompts or (p.prompt if isinstance(p.prompt, list) else [p.prompt])
@@ -199,7 +185,7 @@ def _img2img_fields(p) -> dict:
         # resized here with the WebUI's own resize modes; latent upscale (3) goes to the endpoint, which names it
         return image if mode == 3 else images.resize_image(mode, image, width, height)
 
-    fields: dict = {"init_images": [_png_base64(fitted(images.flatten(i, background))) for i in p.init_images or []],
+    fields: dict = {"init_images": [png_base64(fitted(images.flatten(i, background))) for i in p.init_images or []],
                     "denoising_strength": float(p.denoising_strength)}
     if mode == 3:
         fields["resize_mode"] = 3
@@ -207,7 +193,7 @@ def _img2img_fields(p) -> dict:
         fields["initial_noise_multiplier"] = p.initial_noise_multiplier
     if p.image_mask is not None:
         mask = processing.create_binary_mask(p.image_mask, round=getattr(p, "mask_round", True))
-        fields.update(mask=_png_base64(fitted(mask)), mask_blur=int(p.mask_blur_x),
+        fields.update(mask=png_base64(fitted(mask)), mask_blur=int(p.mask_blur_x),
                       inpainting_mask_invert=int(p.inpainting_mask_invert or 0),
                       inpainting_fill=int(p.inpainting_fill), inpaint_full_res=bool(p.inpaint_full_res))
         if p.mask_blur_y != p.mask_blur_x:

@@ -26,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
+from ..aws import split_s3_uri
+
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding aws_extension/
@@ -391,12 +393,12 @@ class Runtime:
             return
         # the model's own answer goes to S3 either way: its body on 200, its error body otherwise
         target = job["output"] if status == 200 else job["failure"]
-        bucket, _, key = target[len("s3://"):].partition("/")
+        bucket, key = split_s3_uri(target)
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     @staticmethod
     def _read(s3, location: str) -> bytes:
-        bucket, _, key = location[len("s3://"):].partition("/")
+        bucket, key = split_s3_uri(location)
         try:
             head = s3.head_object(Bucket=bucket, Key=key)
             if head["ContentLength"] > ASYNC_MAX_BODY:

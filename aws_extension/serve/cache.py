@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
-from ..aws import Aws, describe, is_not_found, translate
+from ..aws import Aws, describe, is_not_found, split_s3_uri, translate
 from ..errors import NotFound, Refused, TransferError
 from ..models.catalog import ModelRecord, record_key
 
@@ -33,8 +33,8 @@ CHUNK = MiB  # a range is streamed to disk in chunks so memory stays small
 
 
 def parse_s3_uri(uri: str) -> Tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/") if uri.startswith("s3://") else ("", "", "")
-    if not bucket or not key or key.endswith("/"):
+    bucket, key = split_s3_uri(uri)
+    if not bucket or key.endswith("/"):
         raise Refused(f"Not an S3 model location: {uri!r}; expected s3://bucket/key.")
     return bucket, key
 

@@ -7,9 +7,13 @@ holding a comma, colon or newline is JSON-quoted (modules/infotext_utils.py `quo
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from typing import Dict, Optional
+
+from PIL import Image, PngImagePlugin
 
 # "Key: value" pairs of the parameters line; a quoted value may hold commas (infotext_utils uses the same shape).
 PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -104,3 +108,29 @@ def parse_infotext(text: str) -> Dict[str, str]:
         if size:
             result[f"{key.strip()}-1"], result[f"{key.strip()}-2"] = size.group(1), size.group(2)
     return result
+
+
+# -- the PNG "parameters" text chunk, where the WebUI keeps an image's infotext ----------------------------------------
+def png_bytes(image: Image.Image, infotext: Optional[str] = None) -> bytes:
+    meta = None
+    if infotext:
+        meta = PngImagePlugin.PngInfo()
+        meta.add_text("parameters", infotext)
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=meta)
+    return out.getvalue()
+
+
+def png_base64(image: Image.Image, infotext: Optional[str] = None) -> str:
+    return base64.b64encode(png_bytes(image, infotext)).decode("ascii")
+
+
+def png_parameters(png: bytes) -> Optional[str]:
+    """The infotext in a PNG's "parameters" text chunk (tEXt, zTXt or iTXt, anywhere in the file)."""
+    return Image.open(io.BytesIO(png)).text.get("parameters")
+
+
+def with_parameters(png: bytes, infotext: str) -> bytes:
+    """The PNG again, carrying this infotext (for an answer whose PNG lacks one)."""
+    return png_bytes(Image.open(io.BytesIO(png)), infotext)
+

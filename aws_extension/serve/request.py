@@ -13,6 +13,7 @@ import binascii
 import random
 from typing import Dict, List, Optional, Tuple
 
+from ..aws import split_s3_uri
 from ..compat import BaseModel
 from ..errors import UserError
 
@@ -183,8 +184,8 @@ def _image(field: str, value) -> str:
 
 
 def _s3(field: str, value) -> str:
-    bucket, _, key = value[5:].partition("/") if isinstance(value, str) and value.startswith("s3://") else ("", "", "")
-    if not bucket or not key or key.endswith("/"):
+    bucket, key = split_s3_uri(value)
+    if not bucket or key.endswith("/"):
         raise BadRequest(field, f"{field} must be an S3 location s3://bucket/key, not {value!r}")
     return value
 

@@ -7,15 +7,12 @@ API writes it.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import time
 from typing import TYPE_CHECKING
 
-from PIL import Image, PngImagePlugin
 
-from .infotext import hashes_text, infotext
+from .infotext import hashes_text, infotext, png_base64
 from .request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -32,14 +29,6 @@ def image_infotext(req: GenerationRequest, g: "Generated", index: int) -> str:
         subseed=g.subseeds[index], subseed_strength=req.subseed_strength,
         denoising_strength=req.denoising_strength if req.task == "img2img" else None, clip_skip=req.clip_skip,
         lora_hashes=g.lora_hashes, ti_hashes=g.ti_hashes, version=VERSION)
-
-
-def png_base64(image: Image.Image, info: str) -> str:
-    meta = PngImagePlugin.PngInfo()
-    meta.add_text("parameters", info)
-    out = io.BytesIO()
-    image.save(out, format="PNG", pnginfo=meta)
-    return base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def response(req: GenerationRequest, payload: dict, g: "Generated") -> dict:

@@ -5,30 +5,22 @@ Inside the WebUI, its own txt2img and img2img tabs do this through our script, s
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 
 import gradio as gr
 
-from ..endpoints import list_endpoints
 from ..errors import Interrupted
-from ..generation import SERVING, invoke, png_parameters, resolve_models
-from ..models.catalog import list_models
+from ..generation import (OWN_VAE, cloud_checkpoints, cloud_vaes, invoke, png_parameters, resolve_models,
+                          serving_endpoints)
+from ..serve.infotext import png_base64
 from ..models.transfer import Progress
 from ..serve import request
 from .context import TabContext, choice_update, message, run_with_progress
 
 SAMPLERS = list(request.SAMPLERS)  # what the inference server takes
 SCHEDULES = list(request.SCHEDULES)
-NO_VAE = "None"  # the checkpoint's own VAE, as the WebUI says (and the txt2img script)
 NO_ENDPOINT = "Choose an endpoint first: click Refresh beside it to list those InService."
-
-
-def png_base64(image) -> str:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def gallery_images(pngs: list) -> list:
@@ -51,7 +43,7 @@ def build(ctx: TabContext) -> None:
         endpoint = gr.Dropdown([], label="Endpoint", elem_id="sagemaker-gen-endpoint")
         endpoints_refresh = gr.Button("Refresh", elem_id="sagemaker-gen-endpoint-refresh", scale=0)
         checkpoint = gr.Dropdown([], label="Cloud checkpoint", elem_id="sagemaker-gen-checkpoint")
-        vae = gr.Dropdown([NO_VAE], value=NO_VAE, label="Cloud VAE", elem_id="sagemaker-gen-vae")
+        vae = gr.Dropdown([OWN_VAE], value=OWN_VAE, label="Cloud VAE", elem_id="sagemaker-gen-vae")
         models_refresh = gr.Button("Refresh", elem_id="sagemaker-gen-models-refresh", scale=0)
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="sagemaker-gen-prompt")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="sagemaker-gen-negative")
@@ -81,7 +73,7 @@ def build(ctx: TabContext) -> None:
 
     def list_serving(keep):
         try:
-            names = [e.name for e in list_endpoints(ctx.aws()) if e.status in SERVING]
+            names = serving_endpoints(ctx.aws())
         except Exception as exc:  # noqa: BLE001
             return choice_update([]), message(exc)
         text = f"{len(names)} InService endpoint(s)." if names else \
@@ -91,8 +83,7 @@ def build(ctx: TabContext) -> None:
     def list_cloud_models(keep_checkpoint, keep_vae):
         try:
             aws = ctx.aws()
-            checkpoints = [m.name for m in list_models(aws, "checkpoint")]
-            vaes = [NO_VAE] + [m.name for m in list_models(aws, "vae")]
+            checkpoints, vaes = cloud_checkpoints(aws), cloud_vaes(aws)
         except Exception as exc:  # noqa: BLE001
             return choice_update([]), gr.update(), message(exc)
         text = f"{len(checkpoints)} checkpoint(s), {len(vaes) - 1} VAE(s) in the cloud." if checkpoints else \
