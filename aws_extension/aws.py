@@ -67,11 +67,23 @@ class Aws:
         return self._account
 
     @property
+    def partition(self) -> str:
+        return partition_for(self.region, self.session)
+
+    @property
     def bucket(self) -> str:
         return self.settings.bucket or default_bucket(self.account_id, self.region)
 
     def s3_uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def partition_for(region: str, session=None) -> str:
+    """The first field of every ARN in this region: aws, aws-cn (cn-*), aws-us-gov (us-gov-*), ..."""
+    try:
+        return (session or boto3.session.Session()).get_partition_for_region(region)
+    except Exception:  # a region newer than botocore's data (or a stand-in name): AWS's prefixes decide
+        return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
 
 
 def split_s3_uri(uri) -> Tuple[str, str]:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Optional
 
 from .aws import Aws, error_code, translate
 from .compat import BaseModel
 from .config import ROLE_NAME
+from .models.browser import CHECKSUM_HEADER
 
 LIFECYCLE_RULE = "sd-webui-sagemaker-abort-incomplete-uploads"
 INFERENCE_RULE = "sd-webui-sagemaker-inference-expiry"
 
-# The browser uploads parts straight to S3: it must PUT and read each part's ETag.
+# The browser (javascript/sagemaker_uploader.js) only PUTs parts to presigned URLs, with the signed CRC32 header,
+# and reads each part's ETag; starting, listing and completing go through the WebUI server. Nothing more is allowed.
+# Any origin: the presigned URL is the authorization, and the WebUI's own address is not known here.
 CORS = {
     "CORSRules": [{
-        "AllowedMethods": ["GET", "PUT", "POST", "HEAD"],
+        "AllowedMethods": ["PUT"],
         "AllowedOrigins": ["*"],
-        "AllowedHeaders": ["*"],
-        "ExposeHeaders": ["ETag", "x-amz-checksum-crc32"],
+        "AllowedHeaders": [CHECKSUM_HEADER],
+        "ExposeHeaders": ["ETag"],
         "MaxAgeSeconds": 3600,
     }]
 }
@@ -65,11 +69,16 @@ def setup(aws: Aws, create_role: bool = False) -> SetupResult:
     return result
 
 
-def role_policy(bucket: str) -> dict:
+# SageMaker's principal is sagemaker.amazonaws.com in every partition, aws-cn and aws-us-gov included
+# (AWS's China documentation writes it so); only the ARNs change.
+SERVICE_PRINCIPAL = "sagemaker.amazonaws.com"
+
+
+def role_policy(bucket: str, partition: str = "aws") -> dict:
     """What an endpoint needs: its bucket, pulling its image, writing logs and metrics."""
     return {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:AbortMultipartUpload"],
-         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+         "Resource": [f"arn:{partition}:s3:::{bucket}", f"arn:{partition}:s3:::{bucket}/*"]},
         {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken", "ecr:BatchGetImage",
                                        "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
          "Resource": "*"},
@@ -79,24 +88,43 @@ def role_policy(bucket: str) -> dict:
     ]}
 
 
+def trust_policy(account_id: str) -> dict:
+    """SageMaker may assume the role only on behalf of this account (AWS's confused-deputy protection)."""
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": SERVICE_PRINCIPAL}, "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"aws:SourceAccount": account_id}}}]}
+
+
 def ensure_role(aws: Aws) -> tuple:
     iam = aws.client("iam")
+    trust = trust_policy(aws.account_id)
     with translate(f"creating the SageMaker execution role {ROLE_NAME}"):
         try:
-            arn = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
-            created = False
+            role = iam.get_role(RoleName=ROLE_NAME)["Role"]
+            arn, created = role["Arn"], False
         except Exception as exc:
             if error_code(exc) != "NoSuchEntity":
                 raise
-            trust = {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
             arn = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust),
                                   Description="Lets SageMaker endpoints of sd-webui-sagemaker read models from S3",
                                   Tags=[{"Key": "sd-webui-sagemaker:managed", "Value": "true"}])["Role"]["Arn"]
             created = True
+        if not created and _document(role.get("AssumeRolePolicyDocument")) != trust:
+            # A role made by an older setup trusts SageMaker for any account: re-running setup fixes it.
+            iam.update_assume_role_policy(RoleName=ROLE_NAME, PolicyDocument=json.dumps(trust))
         iam.put_role_policy(RoleName=ROLE_NAME, PolicyName="sd-webui-sagemaker-endpoint",
-                            PolicyDocument=json.dumps(role_policy(aws.bucket)))
+                            PolicyDocument=json.dumps(role_policy(aws.bucket, aws.partition)))
     return arn, created
+
+
+def _document(doc) -> dict:
+    """IAM's policy document as a dict (boto3 decodes it; some emulators hand back the JSON text)."""
+    if isinstance(doc, str):
+        try:
+            return json.loads(urllib.parse.unquote(doc))
+        except ValueError:
+            return {}
+    return doc or {}
 
 
 def find_role(aws: Aws) -> Optional[str]:
