@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from .errors import UserError
+from .errors import NotFound, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -183,14 +183,24 @@ def endpoint_text(e) -> str:
 
 def cmd_endpoints_deploy(cli: Cli) -> int:
     from .endpoints import EndpointSpec, deploy, wait_until_settled
+    from .endpoints.deploy import initial_instances, running_cost
 
     a = cli.args
     spec = EndpointSpec(name=a.name, endpoint_type=a.endpoint_type, instance_type=a.instance_type,
                         min_instances=a.min, max_instances=a.max, autoscaling=not a.no_autoscaling,
-                        role_arn=a.role_arn, image_uri=a.image_uri)
+                        role_arn=a.role_arn, image_uri=a.image_uri, preload_checkpoint=a.preload_checkpoint)
     record = deploy(cli.aws, spec, background=False)
+    # AWS starts every endpoint with an instance; autoscaling (and so scale-to-zero) can only be attached once it is
+    # InService. Waiting by default means no deploy is left billing for an instance nobody scales down.
+    cost = running_cost(record.name, spec.instance_type, initial_instances(spec), spec.autoscaling)
     if a.wait:
-        status = wait_until_settled(cli.aws, record.name, on_status=lambda s: print(f"{record.name}: {s}", file=sys.stderr))
+        try:
+            status = wait_until_settled(cli.aws, record.name,
+                                        on_status=lambda s: print(f"{record.name}: {s}", file=sys.stderr, flush=True))
+        except (KeyboardInterrupt, UserError) as exc:
+            if not isinstance(exc, NotFound):  # stopped waiting, or still Creating: it may well come up and bill
+                print(cost, file=sys.stderr)
+            raise
         from .endpoints import describe
 
         record = describe(cli.aws, record.name)
@@ -198,9 +208,9 @@ def cmd_endpoints_deploy(cli: Cli) -> int:
             cli.out(record, endpoint_text)
             error(f"{record.name}: endpoint is {status}" + (f": {record.failure_reason}" if record.failure_reason else ""))
             return EXIT_FAILED
-    cli.out(record, lambda e: f"Endpoint {'ready' if a.wait else 'deployment started'}: {endpoint_text(e)}" + (
-        "" if a.wait or not e.autoscaling else
-        "\nAutoscaling is attached once it is InService (by `endpoints list`, the tab, or `deploy --wait`)."))
+    cli.out(record, lambda e: f"Endpoint {'ready' if a.wait else 'deployment started'}: {endpoint_text(e)}")
+    if not a.wait:
+        print(cost, file=sys.stderr if cli.json else sys.stdout)
     return EXIT_OK
 
 
@@ -395,7 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-autoscaling", action="store_true")
     c.add_argument("--role-arn", help="SageMaker execution role (else SD_SAGEMAKER_ROLE_ARN or the setup role)")
     c.add_argument("--image-uri", help="inference image (else SD_SAGEMAKER_IMAGE_URI)")
-    c.add_argument("--wait", action="store_true", help="wait until InService and attach autoscaling")
+    c.add_argument("--preload-checkpoint", metavar="NAME",
+                   help="a cloud checkpoint (as for generate --checkpoint) the endpoint loads before its first request")
+    waiting = c.add_mutually_exclusive_group()
+    waiting.add_argument("--wait", dest="wait", action="store_true", default=True,
+                         help="wait until InService and attach autoscaling (the default)")
+    waiting.add_argument("--no-wait", dest="wait", action="store_false",
+                         help="return at once; the endpoint runs (and bills) one instance or more until its "
+                              "autoscaling is attached by `endpoints list` or the tab once it is InService")
     command(endpoints, "list", cmd_endpoints_list, "list endpoints (and attach pending autoscaling)")
     c = command(endpoints, "delete", cmd_endpoints_delete, "delete an endpoint and all it left behind")
     c.add_argument("name", metavar="NAME")
@@ -428,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mask", metavar="PNG", help="img2img: inpaint where the mask is white")
     c.add_argument("--out", default="outputs", metavar="DIR", help="where the PNGs go (default outputs/)")
     c.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
-                   help="how long to wait for an async endpoint's answer (default 900)")
+                   help="how long to wait for an async endpoint's answer (default 900; at least 1800 when it "
+                        "scales up from zero)")
 
     c = command(groups, "ui", cmd_ui, "serve the Amazon SageMaker tab without the WebUI")
     c.add_argument("--local", action="store_true", help="run on the embedded AWS emulator (no account needed)")

@@ -34,6 +34,12 @@ JSON = "application/json"
 REALTIME_LIMIT = 6_000_000  # bytes: AWS's payload limit for a real-time request and its answer
 ANSWER_BYTES_PER_PIXEL = 4  # a PNG can take ~3 bytes per pixel, and base64 adds a third
 ASYNC_TIMEOUT = 15 * 60.0
+# At 0 instances: the alarm (1-3 min), an instance, the image pull, the server's start and the model download come
+# first, 10-15 min or more; a shorter wait (and TTL) would expire the request just as the capacity arrives.
+FROM_ZERO_TIMEOUT = 30 * 60.0
+FROM_ZERO = "scaling up from zero: usually 8–15 minutes"
+LOADING = ("still loading the model (a first request on a new instance fetches and loads the checkpoint, "
+           "which can take minutes for a large one): try again in a minute")
 POLL_FIRST, POLL_MAX = 0.5, 5.0  # seconds between looks for the answer, growing
 INSTANCES_EVERY = 15.0  # seconds between looks at the instance count while waiting
 MAX_POLL_ERRORS = 10
@@ -142,6 +148,13 @@ def _find(aws: Aws, type_id: str, wanted: str, models: Sequence[CloudModel]) -> 
     raise NotFound(f"No {t.label} '{wanted.strip()}' in {aws.s3_uri(t.prefix)} ({_there(models)}).")
 
 
+def checkpoint_uri(aws: Aws, wanted: str) -> str:
+    """The s3:// URI of a cloud checkpoint named as resolve_models takes it (the request's models.checkpoint)."""
+    if not (wanted or "").strip():
+        raise Refused("Choose a checkpoint: generating needs one of the cloud's SD checkpoints.")
+    return aws.s3_uri(_find(aws, "checkpoint", wanted, list_models(aws, "checkpoint")).key)
+
+
 def _mentions(texts: Sequence[str], word: str) -> bool:
     pattern = re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
     return any(pattern.search(text) for text in texts)
@@ -151,9 +164,7 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
                    negative_prompts: Sequence[str] = ()) -> dict:
     """The request's `models`: S3 locations of the checkpoint, the VAE, every LoRA the prompts' tags name, and every
     embedding named as a word in a prompt. One listing per model folder. NotFound names what is missing."""
-    if not (checkpoint or "").strip():
-        raise Refused("Choose a checkpoint: generating needs one of the cloud's SD checkpoints.")
-    found = _find(aws, "checkpoint", checkpoint, list_models(aws, "checkpoint"))
+    checkpoint_location = checkpoint_uri(aws, checkpoint)
     vae_uri = None
     if vae and vae.strip().lower() not in NO_VAE:
         vae_uri = aws.s3_uri(_find(aws, "vae", vae, list_models(aws, "vae")).key)
@@ -179,7 +190,7 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
     if any(text.strip() for text in texts):
         candidates = [m for m in list_models(aws, "embedding") if m.name.lower().endswith(EMBEDDING_EXTENSIONS)]
         embeddings = [aws.s3_uri(m.key) for name, m in sorted(_preferred(candidates).items()) if _mentions(texts, name)]
-    return {"checkpoint": aws.s3_uri(found.key), "vae": vae_uri, "lora": loras, "embeddings": embeddings}
+    return {"checkpoint": checkpoint_location, "vae": vae_uri, "lora": loras, "embeddings": embeddings}
 
 
 # -- answers and errors ---------------------------------------------------------------------------------------------
@@ -192,6 +203,8 @@ def server_error(endpoint: str, body, status: Optional[int] = None) -> UserError
         doc = None
     doc = doc if isinstance(doc, dict) else {"error": text.strip()[:500]}
     message, field = str(doc.get("error") or f"HTTP {status}"), doc.get("field")
+    if doc.get("status") == "loading":  # the server answers 503 {"status": "loading"} until its model is loaded
+        return UserError(f"Endpoint '{endpoint}' is {LOADING}.")
     if status is None:  # an async failure object carries no status; a field means the request was refused
         status = doc.get("status") if isinstance(doc.get("status"), int) else (400 if field else None)
     if status == 400:
@@ -211,12 +224,14 @@ def _invoke_error(endpoint: str, exc: BaseException) -> UserError:
     original = str(response.get("OriginalMessage") or "")
     from_server = original.lstrip().startswith("{")  # the server's JSON error, whatever its words
     if isinstance(exc, bex.ReadTimeoutError) or ("timed out" in (message + original).lower() and not from_server):
-        return TransferError(f"Endpoint '{endpoint}' did not answer in time: AWS gives a real-time endpoint 60 seconds "
-                             f"per request. Lower the steps, size or batch size, or use an async endpoint.")
+        # on a new instance that is mostly the model's download and load, not the generation itself
+        return TransferError(f"Endpoint '{endpoint}' did not answer within the 60 seconds AWS gives a real-time "
+                             f"request: it is probably {LOADING}. A generation that itself takes longer needs an "
+                             f"async endpoint.")
     if code == "ModelError":
         return server_error(endpoint, original or message, int(response.get("OriginalStatusCode") or 0) or None)
     if code == "ModelNotReadyException":
-        return UserError(f"Endpoint '{endpoint}' is not ready to generate yet ({message}): try again in a minute.")
+        return UserError(f"Endpoint '{endpoint}' is not ready to generate yet ({message}): it is probably {LOADING}.")
     if is_not_found(exc) or (code == "ValidationError" and "not found" in message.lower()):
         return NotFound(f"Endpoint '{endpoint}' does not exist ({message}).")
     return describe(exc, f"invoking endpoint '{endpoint}'")
@@ -269,6 +284,10 @@ def _instances(aws: Aws, endpoint: str) -> Optional[int]:
         raw = catalog._describe_raw(aws, endpoint) or {}
     except UserError:
         return None  # only for the state shown; the answer is what counts
+    return _count(raw)
+
+
+def _count(raw: dict) -> Optional[int]:
     variant = (raw.get("ProductionVariants") or [{}])[0]
     count = variant.get("CurrentInstanceCount", variant.get("DesiredInstanceCount"))
     return count if isinstance(count, int) else None
@@ -324,7 +343,7 @@ def _wait(aws: Aws, endpoint: str, answer: dict, report: StateCallback, cancel: 
             count, next_look = _instances(aws, endpoint), time.monotonic() + INSTANCES_EVERY
             if count == 0 and state != "scaling up from zero":
                 state = "scaling up from zero"
-                report(state, "scaling up from zero, about 5–10 minutes")
+                report(state, FROM_ZERO)
             elif count and state != "generating":
                 state = "generating"
                 report(state, f"generating on {endpoint}")
@@ -380,10 +399,13 @@ def invoke(aws: Aws, endpoint: str, task: str, payload: dict, models: dict, *,
     """One generation on the endpoint: the WebUI API payload with the models from resolve_models.
 
     States go to on_state(state, message): queued, scaling up from zero, generating, done. An async wait stops
-    with Interrupted when cancel is set, and with TransferError after timeout seconds."""
+    with Interrupted when cancel is set, and with TransferError after timeout seconds (at least FROM_ZERO_TIMEOUT
+    when the endpoint is at 0 instances)."""
     started = time.monotonic()
     report = on_state or (lambda state, message: None)
-    _, is_async = _serving_endpoint(aws, endpoint)
+    raw, is_async = _serving_endpoint(aws, endpoint)
+    if is_async and _count(raw) == 0:
+        timeout = max(timeout, FROM_ZERO_TIMEOUT)
     body = {"task": task, "payload": payload, "models": models}
     try:  # the server's own checks, before an upload, a queue or a scale-up
         req = parse_request(body)

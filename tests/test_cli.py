@@ -128,6 +128,40 @@ def test_deploy_list_delete_and_cleanup(aws_env):
     assert json.loads(cli(aws_env, "--json", "cleanup", check_rc=0).stdout) == []
 
 
+def test_deploy_waits_by_default_and_attaches_the_autoscaling(aws_env):
+    """AWS starts an async endpoint with one instance and takes autoscaling only once it is InService: a deploy that
+    returned before that would leave a GPU billing around the clock. So it waits unless told not to."""
+    import boto3
+
+    cli(aws_env, "setup", check_rc=0)
+    done = cli(aws_env, "--json", "endpoints", "deploy", "--name", "safe", check_rc=0)
+    deployed = json.loads(done.stdout)
+    assert (deployed["status"], deployed["scaling_applied"]) == ("InService", True)
+    targets = boto3.client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=["endpoint/safe/variant/AllTraffic"])["ScalableTargets"]
+    assert [(t["MinCapacity"], t["MaxCapacity"]) for t in targets] == [(0, 1)]
+    assert "safe: InService" in done.stderr
+
+    quick = cli(aws_env, "endpoints", "deploy", "--name", "quick", "--no-wait", "--instance-type", "ml.g5.2xlarge",
+                check_rc=0)
+    assert quick.stdout.startswith("Endpoint deployment started: quick  async  Creating")
+    assert "Endpoint quick runs 1 × ml.g5.2xlarge (~$1.52/h) until autoscaling is attached: run " \
+           "`python -m aws_extension endpoints list` once it is InService." in quick.stdout
+    assert boto3.client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=["endpoint/quick/variant/AllTraffic"])["ScalableTargets"] == []
+    fixed = cli(aws_env, "--json", "endpoints", "deploy", "--name", "fixed", "--no-wait", "--no-autoscaling",
+                "--endpoint-type", "real-time", "--min", "2", "--max", "2", "--instance-type", "ml.g4dn.xlarge", check_rc=0)
+    assert json.loads(fixed.stdout)["name"] == "fixed"  # JSON stays parseable: the sentence goes to stderr
+    assert "Endpoint fixed runs 2 × ml.g4dn.xlarge (~$1.47/h) until it is deleted" in fixed.stderr
+    assert cli(aws_env, "endpoints", "deploy", "--wait", "--no-wait", check_rc=2).stderr
+
+    missing = cli(aws_env, "endpoints", "deploy", "--name", "pre", "--preload-checkpoint", "nope.safetensors",
+                  check_rc=1)
+    assert "nope.safetensors" in missing.stderr and "none uploaded" in missing.stderr
+    for name in ("safe", "quick", "fixed"):
+        cli(aws_env, "endpoints", "delete", name, check_rc=0)
+
+
 def test_upload_url_from_a_local_server(aws_env, tmp_path):
     import functools
     import threading

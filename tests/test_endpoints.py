@@ -92,8 +92,10 @@ def test_deploy_with_defaults(aws, raw):
     assert config["AsyncInferenceConfig"]["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 1}
     model = sm.describe_model(ModelName=record.name)
     assert model["PrimaryContainer"]["Image"] == emulator_module.LOCAL_IMAGE
+    # what the server runs on, so that it can tell an unusable GPU from a CPU type; no checkpoint to preload
     assert model["PrimaryContainer"]["Environment"] == {
-        "SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": emulator_module.REGION, "HF_HUB_OFFLINE": "1"}
+        "SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": emulator_module.REGION, "HF_HUB_OFFLINE": "1",
+        "SD_SAGEMAKER_ENDPOINT_TYPE": "async", "SD_SAGEMAKER_INSTANCE_TYPE": "ml.g5.2xlarge"}
     assert model["ExecutionRoleArn"] == emulator_module.ROLE_ARN
 
     endpoint = sm.describe_endpoint(EndpointName=record.name)
@@ -199,8 +201,10 @@ def assert_async_scaling(raw, name: str, low: int = 0, high: int = 1) -> None:
         "Dimensions": [{"Name": "EndpointName", "Value": name}], "Statistic": "Average"}
     assert backlog["ScaleInCooldown"] > 300 and backlog["ScaleOutCooldown"] <= 60  # no flapping around cold starts
     step = policies[f"{name}-scale-from-zero"]
-    assert step["StepScalingPolicyConfiguration"]["AdjustmentType"] == "ChangeInCapacity"
-    assert step["StepScalingPolicyConfiguration"]["StepAdjustments"][0]["ScalingAdjustment"] == 1
+    # leaves zero with exactly one instance however often the alarm repeats; target tracking adds the rest
+    assert step["StepScalingPolicyConfiguration"]["AdjustmentType"] == "ExactCapacity"
+    assert step["StepScalingPolicyConfiguration"]["StepAdjustments"] == [
+        {"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]
     alarm = alarms[f"{name}-has-backlog-without-capacity"]
     assert (alarm["MetricName"], alarm["Namespace"], alarm["Dimensions"]) == \
         ("HasBacklogWithoutCapacity", "AWS/SageMaker", [{"Name": "EndpointName", "Value": name}])
@@ -256,6 +260,26 @@ def test_reconcile_is_idempotent_and_repairs_drift(aws, raw, monkeypatch):
     assert endpoints.reconcile(aws) == [name]
     assert writes == ["register_scalable_target"]
     assert_async_scaling(raw, name)
+
+
+def test_reconcile_replaces_the_old_plus_one_step_policy(aws, raw):
+    """Endpoints deployed by an older version leave zero with ChangeInCapacity +1 (a still-firing alarm added a second
+    instance before the first was up, when max > 1): reconcile brings them to ExactCapacity 1."""
+    name = deployed(aws, raw, max_instances=3)
+    assert endpoints.reconcile(aws) == [name]
+    aas = raw("application-autoscaling")
+    rid = f"endpoint/{name}/variant/AllTraffic"
+    old = aas.put_scaling_policy(
+        PolicyName=f"{name}-scale-from-zero", ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=DIM,
+        PolicyType="StepScaling", StepScalingPolicyConfiguration={
+            "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average", "Cooldown": 300,
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]})["PolicyARN"]
+    raw("cloudwatch").put_metric_alarm(**scaling.wanted_alarm(name, old))
+    assert endpoints.describe(aws, name).scaling_applied is False  # the old policy does not count as applied
+    assert endpoints.reconcile(aws) == [name]
+    assert_async_scaling(raw, name, 0, 3)
+    assert endpoints.describe(aws, name).scaling_applied is True
+    assert endpoints.reconcile(aws) == []
 
 
 def test_autoscaling_off_registers_nothing_and_removes_a_stale_target(aws, raw):

@@ -219,6 +219,19 @@ def test_container_errors_carry_the_servers_message():
     assert isinstance(slow, TransferError) and "60 seconds" in str(slow) and "async endpoint" in str(slow)
 
 
+def test_a_model_still_loading_is_said_so():
+    """A first request on a new instance fetches and loads a multi-GB checkpoint: the server answers 503 "loading",
+    or AWS's 60 s run out. Neither is a matter of lowering the steps."""
+    loading = generation._invoke_error("ep", model_error(503, json.dumps({"status": "loading"})))
+    slow = generation._invoke_error("ep", model_error(0, "", "Your invocation timed out while waiting for a response "
+                                                             "from container primary."))
+    assert str(loading).startswith("Endpoint 'ep' is still loading the model (a first request on a new instance "
+                                   "fetches and loads the checkpoint")
+    assert "probably still loading the model" in str(slow) and "60 seconds" in str(slow)
+    for exc in (loading, slow):
+        assert "lower the steps" not in str(exc).lower() and str(exc).endswith(".")
+
+
 # -- async ----------------------------------------------------------------------------------------------------------
 def test_async_request_goes_through_s3_and_nothing_stays(cloud, s3, fake_async):
     name = in_service(cloud, "async")
@@ -253,7 +266,38 @@ def test_async_scaling_up_from_zero(cloud, fake_async):
     invoke(cloud, name, "txt2img", {"prompt": "a cat"}, resolve_models(cloud, "sd15", None, ["a cat"]),
            on_state=lambda s, m: states.append((s, m)))
     assert [s for s, _ in states] == ["queued", "scaling up from zero", "generating", "done"]
-    assert states[1][1] == "scaling up from zero, about 5–10 minutes"
+    assert states[1][1] == "scaling up from zero: usually 8–15 minutes"
+
+
+@pytest.fixture
+def sent_ttl(cloud) -> list:
+    """RequestTTLSeconds of each InvokeEndpointAsync, as botocore sends it."""
+    sent: list = []
+    cloud.client("sagemaker-runtime").meta.events.register(
+        "before-parameter-build.sagemaker-runtime.InvokeEndpointAsync",
+        lambda params, **kw: sent.append(params["RequestTTLSeconds"]))
+    return sent
+
+
+def test_from_zero_the_wait_and_the_ttl_outlast_a_cold_start(cloud, fake_async, sent_ttl):
+    """At 0 instances a request waits for the alarm, an instance, the image, the start and the model: 10-15 min or
+    more. Neither the client's wait nor the request's TTL in SageMaker's queue may end first."""
+    name = in_service(cloud, "async")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    fake_async.respond = lambda request: None  # capacity has not come yet
+    sagemaker_variant(name)["CurrentInstanceCount"] = 0
+    cancel, states = threading.Event(), []
+    threading.Timer(3.0, cancel.set).start()
+    with pytest.raises(Interrupted):  # still waiting after twice the 1.5 s asked for: stopped only by the cancel
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, timeout=1.5, cancel=cancel,
+               on_state=lambda s, m: states.append(m))
+    assert sent_ttl == [generation.FROM_ZERO_TIMEOUT] and generation.FROM_ZERO_TIMEOUT >= 30 * 60
+    assert "scaling up from zero: usually 8–15 minutes" in states
+
+    sagemaker_variant(name)["CurrentInstanceCount"] = 1  # with an instance up, the wait is the one asked for
+    with pytest.raises(TransferError, match="no answer within 1.5 seconds"):
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, timeout=1.5)
+    assert sent_ttl[1] == 60  # (at least a minute)
 
 
 def test_async_failure_is_the_servers_message(cloud, s3, fake_async):

@@ -324,6 +324,9 @@ def test_deploy_defaults_list_autoscaling_delete(tab, aws, emulator, fast_endpoi
     tab.click("#sagemaker-deploy")
     text = wait_value(tab, "sagemaker-deploy-result", "Endpoint deployment started")
     name = re.search(r"Endpoint deployment started: (esd-async-[a-z0-9]{5}) \(Creating\)", text).group(1)
+    # AWS starts it with one instance; the deploy's watcher attaches the scaling (to zero) once it is InService
+    assert text.endswith("Autoscaling will be attached once it is InService; until then it runs "
+                         "1 × ml.g5.2xlarge (~$1.52/h)."), text
 
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d"
     refresh_until(tab, "sagemaker-endpoints", "sagemaker-endpoints-refresh",
@@ -348,8 +351,12 @@ def test_deploy_defaults_list_autoscaling_delete(tab, aws, emulator, fast_endpoi
 
 # -- 6. deploy with the advanced configuration -------------------------------------------------------------------
 def test_deploy_advanced_configuration(tab, aws, fast_endpoints):
+    aws.client("s3").put_object(Bucket=aws.bucket, Key="models/Stable-diffusion/sd15.safetensors", Body=b"x" * 10)
     tab.locator("#sagemaker-advanced label").click()
     expect(tab.locator("#sagemaker-endpoint-name textarea")).to_be_visible()
+    expect(tab.locator("#sagemaker-preload-checkpoint input")).to_have_value("None")  # by default nothing preloads
+    wait_idle(tab)
+    assert options(tab, "sagemaker-preload-checkpoint") == ["None", "sd15.safetensors"]  # the cloud's checkpoints
 
     fill(tab, "sagemaker-endpoint-name", "bad_name")
     tab.click("#sagemaker-deploy")
@@ -363,6 +370,7 @@ def test_deploy_advanced_configuration(tab, aws, fast_endpoints):
     choose(tab, "sagemaker-instance-type", "ml.g5.xlarge")
     choose(tab, "sagemaker-max-instances", "3")
     choose(tab, "sagemaker-min-instances", "1")
+    choose(tab, "sagemaker-preload-checkpoint", "sd15.safetensors")
     tab.click("#sagemaker-deploy")
     wait_value(tab, "sagemaker-deploy-result", "Endpoint deployment started: my-realtime-sd")
 
@@ -376,6 +384,9 @@ def test_deploy_advanced_configuration(tab, aws, fast_endpoints):
     assert tags["sd-webui-sagemaker:managed"] == "true"
     assert tags["sd-webui-sagemaker:type"] == "real-time"
     assert tags["sd-webui-sagemaker:scaling"] == "enabled=true min=1 max=3"
+    env = sm.describe_model(ModelName="my-realtime-sd")["PrimaryContainer"]["Environment"]
+    assert env["SD_SAGEMAKER_PRELOAD_CHECKPOINT"] == f"s3://{aws.bucket}/models/Stable-diffusion/sd15.safetensors"
+    assert (env["SD_SAGEMAKER_ENDPOINT_TYPE"], env["SD_SAGEMAKER_INSTANCE_TYPE"]) == ("real-time", "ml.g5.xlarge")
 
     refresh_until(tab, "sagemaker-endpoints", "sagemaker-endpoints-refresh", r"^my-realtime-sd \(InService, ")
     refresh_until(tab, "sagemaker-endpoints", "sagemaker-endpoints-refresh", r"^my-realtime-sd \(InService, ")

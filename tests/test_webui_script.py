@@ -295,7 +295,7 @@ def test_the_wait_shows_in_the_progress_text(script, endpoint):
 
     stand_in.before_answer = scale_up
     script.run(txt2img(batch_size=1), name, "sd15", None)
-    assert seen == ["Amazon SageMaker: scaling up from zero, about 5–10 minutes"]
+    assert seen == ["Amazon SageMaker: scaling up from zero: usually 8–15 minutes"]
     assert shared.state.textinfo is None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Dict, List, Optional
 
 from ..aws import Aws, iso, translate
@@ -12,6 +13,27 @@ from ..errors import NotFound, Refused, UserError
 from . import scaling
 
 log = logging.getLogger(__name__)
+
+# Approximate on-demand list prices of SageMaker real-time/async hosting in us-east-1, USD per instance-hour, for the
+# instance types the tab offers, as published on https://aws.amazon.com/sagemaker/pricing/ (known as of 2025-06).
+# A guide to what an endpoint costs while it runs, not a bill: other regions and later price changes differ.
+PRICES_AS_OF = "2025-06"
+HOURLY_USD = {
+    "ml.g4dn.xlarge": 0.736, "ml.g4dn.2xlarge": 0.94,
+    "ml.g5.xlarge": 1.408, "ml.g5.2xlarge": 1.515, "ml.g5.4xlarge": 2.03, "ml.g5.8xlarge": 3.06, "ml.g5.12xlarge": 7.09,
+    "ml.g6.xlarge": 1.006, "ml.g6.2xlarge": 1.222, "ml.g6e.xlarge": 2.326, "ml.g6e.2xlarge": 2.803,
+    "ml.p4d.24xlarge": 37.688, "ml.p5.48xlarge": 113.07,
+}
+
+
+def hourly_cost(instance_type: Optional[str], count: int = 1) -> str:
+    """What that many instances cost per hour ("~$1.52/h"), or where to look for a type not in the table."""
+    price = HOURLY_USD.get(instance_type or "")
+    if price is None:
+        return "price: see aws.amazon.com/sagemaker/pricing"
+    # half up, as a price is read ($1.515 -> $1.52), not binary floating point's half-even
+    total = (Decimal(str(price)) * count).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"~${total}/h"
 
 
 class EndpointRecord(BaseModel):

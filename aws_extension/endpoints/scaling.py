@@ -30,7 +30,8 @@ BACKLOG_PER_INSTANCE = 2.0  # queued requests per instance before adding one
 INVOCATIONS_PER_INSTANCE = 5.0  # per minute; one image takes several seconds
 SCALE_IN_COOLDOWN = 600  # longer than a cold start (5-10 min), or it flaps
 SCALE_OUT_COOLDOWN = 60
-STEP_COOLDOWN = 300  # one +1 while the first instance boots is enough
+STEP_COOLDOWN = 300  # the alarm repeats while the first instance boots: each repeat only sets 1 again
+FROM_ZERO = 1  # instances the alarm sets when the backlog has no capacity; target tracking adds the rest
 
 
 class Scaling(BaseModel):
@@ -143,10 +144,12 @@ def wanted_policies(name: str, endpoint_type: str) -> Dict[str, dict]:
                 "MetricName": "ApproximateBacklogSizePerInstance", "Namespace": "AWS/SageMaker",
                 "Dimensions": [{"Name": "EndpointName", "Value": name}], "Statistic": "Average"},
             "ScaleInCooldown": SCALE_IN_COOLDOWN, "ScaleOutCooldown": SCALE_OUT_COOLDOWN}},
-        # target tracking alone never leaves zero: at 0 instances the backlog per instance is undefined
+        # target tracking alone never leaves zero: at 0 instances the backlog per instance is undefined.
+        # ExactCapacity, not ChangeInCapacity +1: a cold start (10-15 min) outlasts any cooldown, and a +1 repeated
+        # by the still-firing alarm would add a second instance before the first is up. It only fires at 0 instances.
         step_policy(name): {"PolicyType": "StepScaling", "StepScalingPolicyConfiguration": {
-            "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average", "Cooldown": STEP_COOLDOWN,
-            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]}},
+            "AdjustmentType": "ExactCapacity", "MetricAggregationType": "Average", "Cooldown": STEP_COOLDOWN,
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": FROM_ZERO}]}},
     }
 
 
@@ -302,4 +305,6 @@ def is_applied(state: Dict[str, dict], name: str, endpoint_type: str, wish: Opti
         return entry is None or entry["min"] is None
     if entry is None or (entry["min"], entry["max"]) != wish.bounds(endpoint_type):
         return False
-    return set(wanted_policies(name, endpoint_type)) <= set(entry["policies"])
+    have = entry["policies"]  # by content too: a policy of an older version of this tool is not applied
+    return all(policy in have and all(_contains(have[policy].get(k), v) for k, v in spec.items())
+               for policy, spec in wanted_policies(name, endpoint_type).items())

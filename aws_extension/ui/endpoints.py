@@ -5,15 +5,16 @@ from __future__ import annotations
 import gradio as gr
 
 from ..endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
+from ..endpoints.catalog import HOURLY_USD, hourly_cost
+from ..endpoints.deploy import initial_instances
+from ..generation import cloud_checkpoints
 from .context import TabContext, choice_update, handled, message
 
 INSTANCE_TYPES = ["ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",
                   "ml.g5.8xlarge", "ml.g5.12xlarge", "ml.g6.xlarge", "ml.g6.2xlarge", "ml.g6e.xlarge",
                   "ml.g6e.2xlarge", "ml.p4d.24xlarge", "ml.p5.48xlarge"]
-# SageMaker real-time hosting list prices in us-east-1 (USD per instance-hour); shown as a guide only.
-HOURLY_USD = {"ml.g4dn.xlarge": 0.736, "ml.g4dn.2xlarge": 0.94, "ml.g5.xlarge": 1.408, "ml.g5.2xlarge": 1.515,
-              "ml.g5.4xlarge": 2.03, "ml.g5.8xlarge": 3.06, "ml.g5.12xlarge": 7.09}
 COUNTS = [str(n) for n in range(0, 11)]
+NO_PRELOAD = "None"  # the preload dropdown's "no checkpoint": the first request loads the one it names
 
 
 def endpoint_choice(e) -> str:
@@ -22,8 +23,7 @@ def endpoint_choice(e) -> str:
     if e.failure_reason:
         text += f" — {e.failure_reason}"
     elif e.status == "InService" and e.instance_count is not None:
-        price = HOURLY_USD.get(e.instance_type or "")
-        cost = f", ≈ ${price * e.instance_count:.2f}/h" if price is not None else ""
+        cost = f", {hourly_cost(e.instance_type, e.instance_count)}" if e.instance_type in HOURLY_USD else ""
         text += f" — {e.instance_count} × {e.instance_type}{cost}"
     return text
 
@@ -39,22 +39,39 @@ def deploy_form(ctx: TabContext) -> None:
         most = gr.Dropdown(COUNTS[1:], value="1", label="Max Instance Number", elem_id="sagemaker-max-instances")
         scaling = gr.Checkbox(True, label="Enable Autoscaling", elem_id="sagemaker-autoscaling")
         fewest = gr.Dropdown(COUNTS, value="0", label="Min Instance Number", elem_id="sagemaker-min-instances")
+        preload = gr.Dropdown([NO_PRELOAD], value=NO_PRELOAD, label="Checkpoint to preload",
+                              info="Loaded before the endpoint takes requests, so the first one is not slowed by it.",
+                              elem_id="sagemaker-preload-checkpoint")
     button = gr.Button("Deploy", variant="primary", elem_id="sagemaker-deploy")
     output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-deploy-result")
 
     @handled
-    def start(use_advanced, name, kind, instance, most, scaling, fewest):
+    def start(use_advanced, name, kind, instance, most, scaling, fewest, checkpoint):
         spec = EndpointSpec()
         if use_advanced:
             spec = EndpointSpec(name=name, endpoint_type=kind, instance_type=instance, max_instances=int(most),
-                                autoscaling=scaling, min_instances=int(fewest) if scaling else None)
-        record = deploy(ctx.aws(), spec)
-        return f"Endpoint deployment started: {record.name} ({record.status})."
+                                autoscaling=scaling, min_instances=int(fewest) if scaling else None,
+                                preload_checkpoint=None if checkpoint in (None, NO_PRELOAD) else checkpoint)
+        record = deploy(ctx.aws(), spec)  # its watcher attaches the autoscaling once the endpoint is InService
+        text = f"Endpoint deployment started: {record.name} ({record.status})."
+        running = f"{initial_instances(spec)} × {spec.instance_type} ({hourly_cost(spec.instance_type, initial_instances(spec))})"
+        if spec.autoscaling:
+            return f"{text} Autoscaling will be attached once it is InService; until then it runs {running}."
+        return f"{text} It runs {running} until it is deleted."
 
-    advanced.change(lambda on: gr.update(visible=on), advanced, panel)
+    def open_advanced(on, keep):
+        if not on:
+            return gr.update(visible=False), gr.update()
+        try:  # the cloud's checkpoints as the panel opens; without them, deploying still works
+            names = cloud_checkpoints(ctx.aws())
+        except Exception:  # noqa: BLE001 - the connection line already says what is wrong with AWS
+            names = []
+        return gr.update(visible=True), choice_update([NO_PRELOAD, *names], keep if keep in names else NO_PRELOAD)
+
+    advanced.change(open_advanced, [advanced, preload], [panel, preload])
     # real-time endpoints cannot scale to zero: the minimum follows the type
     kind.change(lambda k: gr.update(value="0" if k == "Async" else "1"), kind, fewest)
-    button.click(start, [advanced, name, kind, instance, most, scaling, fewest], output)
+    button.click(start, [advanced, name, kind, instance, most, scaling, fewest, preload], output)
 
 
 def management(ctx: TabContext) -> None:
