@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the inference server into one Python: its dependencies (container/requirements.txt), clip-anytorch
-# without its dependencies, then this repository's package. The Dockerfile and CI both run it; a second run is
+# Installs the inference server into one Python: its dependencies (container/requirements.txt, the `serve`
+# extra), then this repository's package. The Dockerfile and CI both run it; a second run is
 # quick (everything is already satisfied).
 #
 #   bash container/install.sh PYTHON_OR_VENV_DIR
@@ -14,7 +14,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 target=${1:?usage: bash container/install.sh PYTHON_OR_VENV_DIR}
-CLIP="clip-anytorch==2.6.0"
 
 if [ -d "$target" ]; then
   python="$target/bin/python"
@@ -54,8 +53,6 @@ if vision=$("$python" -c 'from importlib.metadata import version; print(version(
 fi
 
 pip_install -c "$constraints" -r "$here/requirements.txt"
-# Only its CLIP BPE vocabulary is used; its dependencies would pull torchvision.
-pip_install --no-deps "$CLIP"
 
 if [ "${INSTALL_PACKAGE:-1}" != 0 ]; then
   if [ "${INSTALL_EDITABLE:-0}" = 1 ]; then

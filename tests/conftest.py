@@ -19,6 +19,30 @@ def emulator():
     em.stop()
 
 
+@pytest.fixture(scope="session")
+def wheel_mirror(tmp_path_factory):
+    from wheel_mirror import WheelMirror, make_wheel
+
+    folder = tmp_path_factory.mktemp("wheel-mirror")
+    mirror = WheelMirror(folder)
+    mirror.wheel = make_wheel(folder)
+    yield mirror
+    mirror.close()
+
+
+@pytest.fixture(autouse=True)
+def tiny_wheel_lock(wheel_mirror, monkeypatch, tmp_path):
+    """Code packages ship a tiny locked wheel fetched from loopback (the real ~120 MB set: tests/prebuilt)."""
+    from aws_extension.endpoints import wheels
+
+    wheel_mirror.requests.clear()
+    wheel_mirror.tampered.clear()
+    monkeypatch.setattr(wheels, "LOCK", wheel_mirror.lock(tmp_path / "test-wheels.lock.json", wheel_mirror.wheel))
+    monkeypatch.setenv(wheels.MIRROR_ENV, wheel_mirror.url)
+    monkeypatch.setenv(wheels.CACHE_ENV, str(tmp_path / "wheel-cache"))
+    return wheel_mirror
+
+
 @pytest.fixture
 def aws_env(emulator, monkeypatch, tmp_path):
     """The environment a user of the emulator has: endpoint URL, test keys, region, bucket, role, image."""

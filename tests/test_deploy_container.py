@@ -8,11 +8,11 @@ timeout; offline: the package's determinism, the requirement lists agreeing, and
 from __future__ import annotations
 
 import atexit
-import gzip
 import importlib.util
 import inspect
 import io
 import json
+import re
 import sys
 import tarfile
 import types
@@ -25,8 +25,8 @@ from aws_extension import endpoints
 from aws_extension.aws import Aws
 from aws_extension.cleanup import find_orphans, remove_orphans
 from aws_extension.config import Settings
-from aws_extension.endpoints import EndpointSpec, code_package, images
-from aws_extension.errors import ConfigError
+from aws_extension.endpoints import EndpointSpec, code_package, images, wheels
+from aws_extension.errors import ConfigError, TransferError
 from aws_extension.local import emulator as emulator_module
 from aws_extension.serve import toolkit_entry
 
@@ -48,6 +48,12 @@ def put_counter(aws: Aws) -> list:
     return calls
 
 
+def package_bytes() -> bytes:
+    out = io.BytesIO()
+    code_package.build(out, code_package.source_files(), wheels.fetch(wheels.locked()))
+    return out.getvalue()
+
+
 def model_of(aws: Aws, name: str) -> dict:
     return aws.client("sagemaker").describe_model(ModelName=name)["PrimaryContainer"]
 
@@ -62,7 +68,7 @@ def package_at(aws: Aws, url: str) -> tarfile.TarFile:
     return tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
 
 
-def test_deploy_without_image_uses_the_prebuilt_image_and_our_code_package(no_image):
+def test_deploy_without_image_uses_the_prebuilt_image_and_our_code_package(no_image, tiny_wheel_lock):
     aws = no_image
     endpoints.deploy(aws, EndpointSpec(name="sd-prebuilt"), background=False)
     container = model_of(aws, "sd-prebuilt")
@@ -86,29 +92,37 @@ def test_deploy_without_image_uses_the_prebuilt_image_and_our_code_package(no_im
     with package_at(aws, url) as tar:
         names = tar.getnames()
         assert {"code/inference.py", "code/requirements.txt", "code/aws_extension/__init__.py",
-                "code/aws_extension/serve/toolkit_entry.py", "code/aws_extension/endpoints/deploy.py"} <= set(names)
+                "code/aws_extension/serve/toolkit_entry.py", "code/aws_extension/endpoints/deploy.py",
+                "code/aws_extension/serve/clip_merges.txt", f"code/wheels/{tiny_wheel_lock.wheel.name}"} <= set(names)
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or not n.startswith("code/")]
         entry = tar.extractfile("code/inference.py").read()
         requirements = tar.extractfile("code/requirements.txt").read().decode()
+        shipped = tar.extractfile(f"code/wheels/{tiny_wheel_lock.wheel.name}").read()
     assert entry == (ROOT / "aws_extension" / "serve" / "toolkit_entry.py").read_bytes()
+    assert shipped == tiny_wheel_lock.wheel.read_bytes()
+    # the toolkit pip-installs this at every start: the wheels beside it, each by its hash, never an index
     lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
-    assert lines[0] == "torch==2.6.0"  # the image's torch, held so pip cannot replace it
-    assert lines[1:] == [*code_package.SERVER_REQUIREMENTS, "clip-anytorch==2.6.0"]
+    [locked] = wheels.locked()
+    assert lines == ["--no-index", "--find-links wheels", f"sdtiny==1.0 --hash=sha256:{locked.sha256}"]
 
 
-def test_a_second_deploy_reuses_the_package(no_image):
+def test_a_second_deploy_reuses_the_package(no_image, tiny_wheel_lock, tmp_path, monkeypatch):
     aws = no_image
     puts = put_counter(aws)
     endpoints.deploy(aws, EndpointSpec(name="first"), background=False)
     url = model_of(aws, "first")["ModelDataUrl"]
     key = url.split("/", 3)[3]
     assert puts == [key]
+    assert tiny_wheel_lock.requests == [tiny_wheel_lock.wheel.name]
+    # another machine (an empty wheel cache) deploying the same version: S3 already has it, nothing is fetched
+    monkeypatch.setenv(wheels.CACHE_ENV, str(tmp_path / "other-machine"))
     s3 = aws.client("s3")
     before = s3.head_object(Bucket=aws.bucket, Key=key)
 
     endpoints.deploy(aws, EndpointSpec(name="second", endpoint_type="real-time"), background=False)
     assert model_of(aws, "second")["ModelDataUrl"] == url
     assert puts == [key]  # no second upload
+    assert tiny_wheel_lock.requests == [tiny_wheel_lock.wheel.name]
     after = s3.head_object(Bucket=aws.bucket, Key=key)
     assert (after["ETag"], after["LastModified"]) == (before["ETag"], before["LastModified"])
     assert variant_of(aws, "second")["ContainerStartupHealthCheckTimeoutInSeconds"] == \
@@ -124,8 +138,10 @@ def test_with_an_image_uri_there_is_no_code_package(aws):
     container = model_of(aws, "custom")
     assert container["Image"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/sd:1"
     assert "ModelDataUrl" not in container
-    assert container["Environment"] == {"SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": "us-east-1",
-                                        "HF_HUB_OFFLINE": "1"}
+    env = container["Environment"]
+    assert {k: env[k] for k in ("SD_SAGEMAKER_BUCKET", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")} == {
+        "SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1"}
+    assert not [k for k in env if k.startswith(("SAGEMAKER_", "TS_"))]  # the toolkit's settings are not for our image
     assert variant_of(aws, "custom")["ContainerStartupHealthCheckTimeoutInSeconds"] == deploy_module.STARTUP_TIMEOUT
     assert puts == []
 
@@ -154,20 +170,65 @@ def test_prebuilt_image_per_region():
     assert images.TORCH_VERSION == "2.6.0"
 
 
-def test_the_package_is_deterministic(monkeypatch):
-    first, second = code_package.build(), code_package.build()
+def test_the_package_is_deterministic(tiny_wheel_lock, tmp_path, monkeypatch):
+    first, second = package_bytes(), package_bytes()
     assert first == second
-    assert first.key.startswith("code/sd-webui-sagemaker-") and len(first.key) == len("code/sd-webui-sagemaker-") + 16 + 7
-    assert first.data[4:8] == b"\0\0\0\0"  # no time in the gzip header
-    with tarfile.open(fileobj=io.BytesIO(first.data), mode="r:gz") as tar:
+    key = code_package.package_key(code_package.source_files())
+    assert key.startswith("code/sd-webui-sagemaker-") and len(key) == len("code/sd-webui-sagemaker-") + 16 + 7
+    assert first[4:8] == b"\0\0\0\0"  # no time in the gzip header
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
         members = tar.getmembers()
     assert [m.name for m in members] == sorted(m.name for m in members)
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == \
         {(code_package.MTIME, 0, 0, "", "", 0o644)}
-    # another source, another key
-    monkeypatch.setattr(code_package, "SERVER_REQUIREMENTS", code_package.SERVER_REQUIREMENTS + ("extra==1",))
-    assert code_package.build().key != first.key
-    assert gzip.decompress(first.data)  # a valid gzip stream
+    # another wheel set, another key
+    from wheel_mirror import make_wheel
+
+    newer = make_wheel(tiny_wheel_lock.folder, version="2.0")
+    monkeypatch.setattr(wheels, "LOCK", tiny_wheel_lock.lock(tmp_path / "newer.lock.json", newer))
+    assert code_package.package_key(code_package.source_files()) != key
+
+
+def test_wheels_are_fetched_once_and_checked_against_the_lock(tiny_wheel_lock, tmp_path, monkeypatch):
+    [locked] = wheels.locked()
+    [path] = wheels.fetch([locked])
+    assert path.read_bytes() == tiny_wheel_lock.wheel.read_bytes()
+    wheels.fetch([locked])
+    assert tiny_wheel_lock.requests == [locked.file]  # the second time from the cache
+    # a mirror that sends other bytes: refused by name, nothing left in the cache
+    monkeypatch.setenv(wheels.CACHE_ENV, str(tmp_path / "fresh"))
+    tiny_wheel_lock.tampered[locked.file] = b"PK not the wheel"
+    with pytest.raises(TransferError, match=rf"{re.escape(locked.file)} from http://127\.0\.0\.1:\d+/files/.*sha256"):
+        wheels.fetch([locked])
+    assert list((tmp_path / "fresh").iterdir()) == []
+    # a mirror that is down: the file and the URL in the message
+    monkeypatch.setenv(wheels.MIRROR_ENV, "http://127.0.0.1:9/files")
+    with pytest.raises(TransferError, match=rf"Could not download {re.escape(locked.file)} from http://127\.0\.0\.1:9/"):
+        wheels.fetch([locked])
+
+
+def test_the_real_lock_covers_the_servers_requirements_for_the_image(monkeypatch):
+    """container/lock.py's output agrees with the requirements and fits the prebuilt image (Python 3.12, x86_64,
+    glibc 2.35), and leaves the image's torch stack alone."""
+    from packaging.requirements import Requirement
+    from packaging.tags import compatible_tags, cpython_tags
+    from packaging.utils import parse_wheel_filename
+
+    monkeypatch.undo()  # the real lock, not the tiny one
+    locked = {w.name: w for w in wheels.locked(ROOT / "aws_extension" / "endpoints" / "server-wheels.lock.json")}
+    for line in code_package.SERVER_REQUIREMENTS:
+        req = Requirement(line)
+        assert req.name in locked and req.specifier.contains(locked[req.name].version), line
+    assert not {"torch", "torchvision", "triton", "setuptools", "pip"} & set(locked)
+    assert not [n for n in locked if n.startswith("nvidia-")]
+    # what pip in the image accepts: CPython 3.12 on glibc 2.35 (Ubuntu 22.04), x86_64
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)] + \
+        ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    image = set(cpython_tags((3, 12), platforms=platforms)) | set(compatible_tags((3, 12), "cp312", platforms))
+    for w in locked.values():
+        assert w.url.startswith("https://files.pythonhosted.org/") and w.url.endswith("/" + w.file)
+        assert re.fullmatch(r"[0-9a-f]{64}", w.sha256)
+        assert set(parse_wheel_filename(w.file)[3]) & image, w.file
 
 
 def test_the_requirement_lists_agree():
@@ -179,8 +240,6 @@ def test_the_requirement_lists_agree():
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
     assert extra == list(code_package.SERVER_REQUIREMENTS)
     assert not any(line.split("=")[0].split(">")[0] in ("torch", "clip-anytorch") for line in listed if line)
-    install = (ROOT / "container" / "install.sh").read_text()
-    assert f'CLIP="{code_package.CLIP}"' in install and "--no-deps" in install
     dockerfile = (ROOT / "container" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "aws_extension"]' in dockerfile and 'CMD ["serve"]' in dockerfile
     assert "EXPOSE 8080" in dockerfile and "container/install.sh python" in dockerfile
@@ -192,6 +251,10 @@ class StandInHandler:
         self.answer = answer
         self.calls: list = []
         self.closed = None
+        self.waited = False
+
+    def wait_healthy(self, timeout=None):
+        self.waited = True
 
     def invoke(self, body: bytes, content_type: str = "application/json"):
         self.calls.append((body, content_type))
@@ -265,7 +328,7 @@ def test_a_failing_handler_is_a_500_answer():
 
 def test_the_entry_as_the_toolkit_loads_it(tmp_path, monkeypatch):
     """code/inference.py from the package, imported as `inference` beside its aws_extension, the toolkit present."""
-    with tarfile.open(fileobj=io.BytesIO(code_package.build().data), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(package_bytes()), mode="r:gz") as tar:
         tar.extractall(tmp_path)
     code = tmp_path / "code"
 
@@ -293,7 +356,7 @@ def test_the_entry_as_the_toolkit_loads_it(tmp_path, monkeypatch):
     assert issubclass(inference.InvocationError, ToolkitError)
 
     model = inference.model_fn("/opt/ml/model")
-    assert model is handler
+    assert model is handler and handler.waited  # TorchServe's /ping is healthy only once the handler is
     [(close, args)] = registered
     close(*args)
     assert handler.closed == inference.CLOSE_SECONDS
@@ -303,11 +366,14 @@ def test_the_entry_as_the_toolkit_loads_it(tmp_path, monkeypatch):
     assert (raised.value.status_code, raised.value.phrase) == (503, "Service Unavailable")
 
 
-def test_cleanup_removes_code_packages_no_model_uses(no_image, monkeypatch):
+def test_cleanup_removes_code_packages_no_model_uses(no_image, tiny_wheel_lock, tmp_path, monkeypatch):
+    from wheel_mirror import make_wheel
+
     aws = no_image
     endpoints.deploy(aws, EndpointSpec(name="sd-old-code"), background=False)
     old_url = model_of(aws, "sd-old-code")["ModelDataUrl"]
-    monkeypatch.setattr(code_package, "SERVER_REQUIREMENTS", code_package.SERVER_REQUIREMENTS + ("extra==1",))
+    newer = make_wheel(tiny_wheel_lock.folder, version="2.0")
+    monkeypatch.setattr(wheels, "LOCK", tiny_wheel_lock.lock(tmp_path / "newer.lock.json", newer))
     endpoints.deploy(aws, EndpointSpec(name="sd-new-code"), background=False)
     new_url = model_of(aws, "sd-new-code")["ModelDataUrl"]
     assert old_url != new_url
@@ -318,3 +384,17 @@ def test_cleanup_removes_code_packages_no_model_uses(no_image, monkeypatch):
     remove_orphans(aws, [orphan])
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix="code/")["Contents"]]
     assert [aws.s3_uri(k) for k in keys] == [new_url]
+
+
+def test_every_data_file_of_the_package_is_installed_with_it():
+    """`pip install ".[serve]"` (not only an editable install) carries the tokenizer's merges and the wheel lock."""
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [p for p in (ROOT / "aws_extension").rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert {p.name for p in files} >= {"clip_merges.txt", "server-wheels.lock.json"}
+    for path in files:
+        package = ".".join(path.parent.relative_to(ROOT).parts)
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in data.get(package, [])), path

@@ -22,13 +22,23 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 TYPES = {"async": "async", "real-time": "real-time", "realtime": "real-time", "real_time": "real-time"}
 STARTUP_TIMEOUT = 600  # seconds for the image pull plus the server's first /ping; SD images are large
-# AWS's prebuilt image first pip-installs the server's requirements (diffusers, transformers...) from PyPI
+# AWS's prebuilt image first installs the server's wheels from its code package, then starts TorchServe
 PREBUILT_STARTUP_TIMEOUT = 1500
 
 POLL_SECONDS = 5.0  # tests shrink this
 SETTLE_SECONDS = 45 * 60  # a GPU endpoint takes ~3-10 min; AWS gives up on its own well before this
 SETTLED = ("InService", "Failed", "OutOfService")
 MAX_POLL_ERRORS = 10
+
+# SageMaker hosts GPU instances on an AMI with NVIDIA driver 470 (CUDA 11.4) unless the variant asks for another.
+# Our own image (container/Dockerfile: CUDA 12.x, no compat libraries) then sees no GPU: ask for the newest AMI with a
+# CUDA 12 driver (driver 550, CUDA 12.4; CUDA 12.x images run on it by minor-version compatibility). The allowed
+# values are botocore's enum ProductionVariantInferenceAmiVersion (a test checks this one is among them). AWS's
+# prebuilt image carries CUDA compat libraries and gets no AMI of ours.
+INFERENCE_AMI_VERSION = "al2-ami-sagemaker-inference-gpu-3-1"
+# NVIDIA families that AMI supports (g: g4dn, g5, g6, g6e; p: p3, p4d, p4de, p5, p5e, p5en). Blackwell (g7e, p6) needs
+# a newer driver than 550, and Neuron (inf, trn) and CPU types take none.
+GPU_FAMILY = re.compile(r"^ml\.(g4dn|g5|g6|g6e|p3|p4d|p4de|p5|p5e|p5en)\.")
 
 NO_ROLE = ("No SageMaker execution role: pass --role-arn, set SD_SAGEMAKER_ROLE_ARN, "
            "or run `python -m aws_extension setup --create-role`.")
@@ -38,7 +48,12 @@ TOOLKIT_ENVIRONMENT = {
     "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
     "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # one GPU, one pipeline
     "SAGEMAKER_MODEL_SERVER_TIMEOUT": "3600",  # seconds per invocation: long generations (async allows an hour)
-    "TS_DEFAULT_STARTUP_TIMEOUT": "600",  # TorchServe's limit for a worker's start (model_fn returns at once)
+    # ...which the toolkit (2.0.25) appends to its default-ts.properties, whose last line has no newline: the
+    # setting is glued to it and lost, and TorchServe would kill every invocation after its default 120 s. It
+    # reads TS_* variables too (enable_envvars_config=true comes before the broken line): say it again there.
+    "TS_DEFAULT_RESPONSE_TIMEOUT": "3600",
+    # TorchServe's limit for a worker's start: model_fn returns once the engine is up and any preload is loaded
+    "TS_DEFAULT_STARTUP_TIMEOUT": "1200",
     "TS_MAX_REQUEST_SIZE": str(100 * 1024 * 1024),  # base64 images both ways (TorchServe's default is 6.5 MB)
     "TS_MAX_RESPONSE_SIZE": str(100 * 1024 * 1024),
 }
@@ -55,6 +70,8 @@ class EndpointSpec(BaseModel):
     autoscaling: bool = True
     role_arn: Optional[str] = None
     image_uri: Optional[str] = None
+    # a cloud checkpoint (as `generate --checkpoint` takes it) the server loads before its first request
+    preload_checkpoint: Optional[str] = None
 
     def __init__(self, **data):
         try:
@@ -74,6 +91,7 @@ class EndpointSpec(BaseModel):
         self.name = (self.name or "").strip() or None
         self.role_arn = (self.role_arn or "").strip() or None
         self.image_uri = (self.image_uri or "").strip() or None
+        self.preload_checkpoint = (self.preload_checkpoint or "").strip() or None
         kind = TYPES.get(self.endpoint_type.strip().lower())
         problem = None
         if self.name and (len(self.name) > 63 or not NAME_PATTERN.match(self.name)):
@@ -132,9 +150,17 @@ def _refuse_taken(aws: Aws, name: str) -> None:
                           f"or remove it (`python -m aws_extension cleanup` removes ours).")
 
 
-def container_spec(aws: Aws, image_uri: Optional[str]) -> dict:
-    """The model's PrimaryContainer: that image, else AWS's prebuilt PyTorch image running our code package."""
+def container_spec(aws: Aws, image_uri: Optional[str], spec: Optional[EndpointSpec] = None,
+                   preload_uri: Optional[str] = None) -> dict:
+    """The model's PrimaryContainer: that image, else AWS's prebuilt PyTorch image running our code package.
+
+    The server reads what it runs on from the environment: the endpoint type and instance type (an unusable GPU on a
+    GPU type is a failed start, not a slow CPU endpoint), and the checkpoint to load before its first request."""
     environment = {"SD_SAGEMAKER_BUCKET": aws.bucket, "AWS_DEFAULT_REGION": aws.region, "HF_HUB_OFFLINE": "1"}
+    if spec is not None:
+        environment.update(SD_SAGEMAKER_ENDPOINT_TYPE=spec.endpoint_type, SD_SAGEMAKER_INSTANCE_TYPE=spec.instance_type)
+    if preload_uri:
+        environment["SD_SAGEMAKER_PRELOAD_CHECKPOINT"] = preload_uri
     if image_uri:
         return {"Image": image_uri, "Environment": environment}
     image = images.prebuilt_image_uri(aws.region)  # refuses an unknown region before anything is uploaded
@@ -142,14 +168,28 @@ def container_spec(aws: Aws, image_uri: Optional[str]) -> dict:
     return {"Image": image, "ModelDataUrl": code_package.ensure_uploaded(aws), "Environment": environment}
 
 
-def endpoint_config(name: str, spec: EndpointSpec, bucket: str, startup_timeout: int = STARTUP_TIMEOUT) -> dict:
-    config = {"EndpointConfigName": name, "ProductionVariants": [{
+def initial_instances(spec: EndpointSpec) -> int:
+    return max(1, spec.min_instances or 0)  # AWS needs >= 1 at creation, even for async
+
+
+def inference_ami(instance_type: str, own_image: bool) -> Optional[str]:
+    """The InferenceAmiVersion our own image needs on that instance type (None: SageMaker's default)."""
+    return INFERENCE_AMI_VERSION if own_image and GPU_FAMILY.match(instance_type) else None
+
+
+def endpoint_config(name: str, spec: EndpointSpec, bucket: str, startup_timeout: int = STARTUP_TIMEOUT,
+                    own_image: bool = False) -> dict:
+    variant = {
         "VariantName": scaling.VARIANT, "ModelName": name, "InstanceType": spec.instance_type,
-        "InitialInstanceCount": max(1, spec.min_instances or 0),  # AWS needs >= 1 at creation, even for async
+        "InitialInstanceCount": initial_instances(spec),
         "InitialVariantWeight": 1.0,
         "ContainerStartupHealthCheckTimeoutInSeconds": startup_timeout,
         "ModelDataDownloadTimeoutInSeconds": STARTUP_TIMEOUT,
-    }]}
+    }
+    ami = inference_ami(spec.instance_type, own_image)
+    if ami:
+        variant["InferenceAmiVersion"] = ami
+    config = {"EndpointConfigName": name, "ProductionVariants": [variant]}
     if spec.endpoint_type == "async":
         config["AsyncInferenceConfig"] = {
             "OutputConfig": {"S3OutputPath": f"s3://{bucket}/inference/output/",
@@ -185,17 +225,22 @@ def deploy(aws: Aws, spec: EndpointSpec, background: bool = True) -> EndpointRec
         name = random_name(spec.endpoint_type)
     _refuse_taken(aws, name)
     bucket = aws.bucket
+    preload = None
+    if spec.preload_checkpoint:  # refused (NotFound) before anything is created
+        from ..generation import checkpoint_uri  # generation imports this package: import it when needed
+
+        preload = checkpoint_uri(aws, spec.preload_checkpoint)
     tags = scaling.endpoint_tags(name, spec.endpoint_type, spec.wanted_scaling)
     sm = aws.client("sagemaker")
     created: List[str] = []
     try:
-        container = container_spec(aws, image)
+        container = container_spec(aws, image, spec, preload)
         with translate("creating its model"):
             sm.create_model(ModelName=name, ExecutionRoleArn=role, Tags=tags, PrimaryContainer=container)
         created.append("model")
         startup = STARTUP_TIMEOUT if image else PREBUILT_STARTUP_TIMEOUT
         with translate("creating its endpoint config"):
-            sm.create_endpoint_config(**endpoint_config(name, spec, bucket, startup), Tags=tags)
+            sm.create_endpoint_config(**endpoint_config(name, spec, bucket, startup, own_image=bool(image)), Tags=tags)
         created.append("endpoint config")
         with translate("creating the endpoint"):
             sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
@@ -215,6 +260,15 @@ def deploy(aws: Aws, spec: EndpointSpec, background: bool = True) -> EndpointRec
         return EndpointRecord(name=name, type=spec.endpoint_type, status="Creating", instance_type=spec.instance_type,
                               autoscaling=spec.autoscaling, min_instances=spec.min_instances,
                               max_instances=spec.max_instances)
+
+
+def running_cost(name: str, instance_type: Optional[str], count: int, autoscaling: bool) -> str:
+    """What a deploy left running before its autoscaling is attached, and what that costs per hour."""
+    running = f"Endpoint {name} runs {count} × {instance_type} ({catalog.hourly_cost(instance_type, count)})"
+    if autoscaling:
+        return (f"{running} until autoscaling is attached: run `python -m aws_extension endpoints list` "
+                f"once it is InService.")
+    return f"{running} until it is deleted (`python -m aws_extension endpoints delete {name}`)."
 
 
 def _poll(aws: Aws, name: str, timeout: float, poll: Optional[float],

@@ -1,33 +1,21 @@
-"""CLIP's tokenizer files, written from the BPE vocabulary that ships inside a PyPI package.
+"""CLIP's tokenizer files, written from the BPE merges that ship inside this package.
 
-Nothing may come from a model hub at run time. The `clip-anytorch` package carries OpenAI's
-`bpe_simple_vocab_16e6.txt.gz`; from it we write the vocab.json/merges.txt pair that transformers'
-CLIPTokenizer reads. The package is installed without its dependencies (only this file is used), so
-nothing of it is imported.
+Nothing may come from a model hub at run time. `clip_merges.txt` holds the first 48,894 merges of OpenAI's
+`bpe_simple_vocab_16e6.txt.gz` (CLIP, MIT licence), the part CLIP uses: from it we write the vocab.json/merges.txt
+pair that transformers' CLIPTokenizer reads. Shipping the data with the package means every way of installing
+the server (pip, the image, the code package) has it, and no package with torch/torchvision requirements of its
+own is needed just for a vocabulary file.
 """
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..errors import ConfigError
-
-MERGES = 49152 - 256 - 2  # CLIP uses the first 48,894 merges of the file (line 0 is a header)
+MERGES_FILE = Path(__file__).with_name("clip_merges.txt")
+MERGES = 49152 - 256 - 2  # CLIP's 48,894 merges: with 512 byte tokens and 2 specials, 49,408 ids
 START, END = "<|startoftext|>", "<|endoftext|>"
-
-
-def bpe_path() -> Path:
-    spec = importlib.util.find_spec("clip")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "bpe_simple_vocab_16e6.txt.gz"
-        if path.is_file():
-            return path
-    raise ConfigError("CLIP's tokenizer vocabulary is missing: install the server's requirements "
-                      "(container/requirements.txt, which includes clip-anytorch).")
 
 
 def _byte_unicode() -> List[str]:
@@ -47,7 +35,9 @@ def _byte_unicode() -> List[str]:
 
 def write_tokenizer(folder: Path, pad_token: Optional[str] = None) -> Path:
     """vocab.json, merges.txt and tokenizer_config.json for transformers' CLIPTokenizer in folder."""
-    lines = gzip.open(bpe_path()).read().decode("utf-8").split("\n")[1:MERGES + 1]
+    lines = MERGES_FILE.read_text(encoding="utf-8").splitlines()
+    if len(lines) != MERGES:  # a truncated install would silently change every token id
+        raise ValueError(f"{MERGES_FILE} holds {len(lines)} merges, not CLIP's {MERGES}: reinstall the server.")
     merges = [tuple(line.split()) for line in lines]
     base = _byte_unicode()
     tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + [START, END]
