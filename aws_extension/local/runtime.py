@@ -151,6 +151,8 @@ class Runtime:
         # the container sees its model's environment, never the user's own AWS settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("PYTHONPATH", "PYTHONHOME")}
         env.update(model_env)
+        # a local endpoint runs on this machine, whatever instance type it names: no GPU check for a ml.g5 here
+        env.pop("SD_SAGEMAKER_INSTANCE_TYPE", None)
         env.update(self.aws_env, AWS_REGION=region, AWS_DEFAULT_REGION=region)
         env.update(HF_HUB_OFFLINE="1", SD_SAGEMAKER_COMPILE="off", PYTHONUNBUFFERED="1",
                    SD_SAGEMAKER_PARENT_PID=str(os.getpid()))  # the server exits if the emulator dies unannounced

@@ -1,10 +1,12 @@
-"""torch.compile for the UNet without ever making a request wait for it, and compiled code kept in S3.
+"""torch.compile for the UNet on one GPU thread, without ever making a request wait for it; compiled code in S3.
 
-The first call with a new input shape starts compiling in a background thread with a copy of that call's
-inputs and is answered eagerly; once the graph for the shape is ready, calls of that shape use it. Compiler
-artifacts (torch.compiler's portable cache: Inductor code, autotuning results) are saved to S3 keyed by GPU,
-library versions and compile mode, and loaded when an instance starts, so an endpoint scaling out from zero
-does not pay the compile again.
+Inductor's CUDA-graph trees (mode "reduce-overhead") live in thread-local state of the thread that first compiles
+(pytorch/pytorch#123177), so one long-lived thread, the GpuWorker, runs every generation, every compile and every
+UNet call. A pipeline call decides once, at its first UNet step, whether the compiled graph for its shapes is ready,
+and keeps to that for every step (a switch midway would change the pixels for the same seed). A shape that is not
+ready is compiled on the worker between requests, with a copy of that call's inputs. Compiler artifacts
+(torch.compiler's portable cache, torch 2.7+) are saved to S3 keyed by GPU, library versions and compile mode, and
+loaded when an instance starts, so an endpoint scaling out from zero does not pay the compile again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import logging
 import re
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
@@ -21,6 +26,66 @@ import torch
 log = logging.getLogger(__name__)
 
 PREFIX = "compile-cache/"
+
+
+def cache_supported() -> bool:
+    """torch.compiler's portable cache arrived in torch 2.7; AWS's prebuilt inference image has 2.6."""
+    return all(hasattr(torch.compiler, f) for f in ("save_cache_artifacts", "load_cache_artifacts"))
+
+
+class GpuWorker:
+    """The one thread that touches the models: requests in order, warm-up compiles only when no request waits."""
+
+    def __init__(self, name: str = "gpu"):
+        self._changed = threading.Condition()
+        self._now: deque = deque()  # (fn, future): requests
+        self._idle: deque = deque()  # (fn, future): warm-ups
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """fn's result (or exception) once the worker has run it; at once when already on the worker."""
+        if threading.current_thread() is self.thread:
+            return fn(*args, **kwargs)
+        # autograd's modes are per thread: the caller's go with the work
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+        def job():
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return fn(*args, **kwargs)
+        future: Future = Future()
+        with self._changed:
+            self._now.append((job, future))
+            self._changed.notify()
+        return future.result()
+
+    def when_idle(self, fn: Callable) -> Future:
+        future: Future = Future()
+        with self._changed:
+            self._idle.append((fn, future))
+            self._changed.notify()
+        return future
+
+    def drop_idle(self) -> int:
+        """Forget the warm-ups not started yet (they hold a model and its inputs); how many there were."""
+        with self._changed:
+            dropped = list(self._idle)
+            self._idle.clear()
+        for _, future in dropped:
+            future.cancel()
+        return len(dropped)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._now or self._idle)
+                fn, future = (self._now or self._idle).popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # noqa: B036 - handed to the caller, the worker goes on
+                    future.set_exception(exc)
+            del fn, future  # a finished job must not keep a model alive while the worker waits
 
 
 def _shape_key(args, kwargs) -> Tuple:
@@ -47,39 +112,49 @@ def _detached(value):
 
 
 class CompiledModule:
-    """Replaces module.forward: eager until the compiled graph for the call's shapes is warm."""
+    """Replaces module.forward: eager until the compiled graph for the call's shapes is warm, all on the worker."""
 
-    def __init__(self, module: torch.nn.Module, mode: Optional[str] = "reduce-overhead", backend: str = "inductor",
-                 on_compiled: Optional[Callable[[float], None]] = None):
-        self.module = module
+    def __init__(self, module: torch.nn.Module, worker: GpuWorker, mode: Optional[str] = "reduce-overhead",
+                 backend="inductor", on_compiled: Optional[Callable[[float], None]] = None):
+        self.module, self.worker = module, worker
         self.eager = module.forward
         self.compiled = torch.compile(self.eager, mode=mode, backend=backend, dynamic=False)
         self.on_compiled = on_compiled
         self.ready: Set[Tuple] = set()
-        self.started: Set[Tuple] = set()
         self.failed: Dict[Tuple, str] = {}
-        self.lock = threading.Lock()
-        self.threads = []
+        self.pending: Dict[Tuple, Future] = {}
+        self._plan: Optional[Dict[Tuple, bool]] = None  # the current pipeline call's choice per shape
         module.forward = self.forward
 
+    @contextmanager
+    def denoising(self):
+        """One pipeline call: each shape is compiled or eager for all of its steps; new shapes warm up after it."""
+        self._plan = {}
+        try:
+            yield
+        finally:
+            self._plan = None
+
     def forward(self, *args, **kwargs):
+        return self.worker.run(self._forward, args, kwargs)
+
+    def _forward(self, args, kwargs):
         key = _shape_key(args, kwargs)
-        if key in self.ready:
+        plan = self._plan if self._plan is not None else {}
+        if key not in plan:
+            plan[key] = key in self.ready
+            if not plan[key] and key not in self.failed and key not in self.pending:
+                inputs = (_detached(args), _detached(kwargs))
+                self.pending[key] = self.worker.when_idle(lambda: self._warm(key, *inputs))
+        if plan[key]:
             return self.compiled(*args, **kwargs)
-        with self.lock:
-            start = key not in self.started
-            self.started.add(key)
-        if start:
-            thread = threading.Thread(target=self._warm, args=(key, _detached(args), _detached(kwargs)),
-                                      name="compile", daemon=True)
-            self.threads.append(thread)
-            thread.start()
         return self.eager(*args, **kwargs)
 
     def _warm(self, key, args, kwargs) -> None:
         started = time.monotonic()
         try:
-            with torch.inference_mode():
+            # the modes of a generation, so that its calls meet the same guards and never recompile
+            with torch.inference_mode(), torch.no_grad():
                 for _ in range(2):  # the second call records the CUDA graph; requests then only replay it
                     self.compiled(*args, **kwargs)
             if torch.cuda.is_available():
@@ -95,11 +170,19 @@ class CompiledModule:
             self.on_compiled(seconds)
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        for thread in list(self.threads):
-            thread.join(timeout)
+        """Until the warm-ups asked for so far have run (not from the worker itself)."""
+        for future in list(self.pending.values()):
+            try:
+                future.result(timeout)
+            except Exception:  # cancelled by a checkpoint switch
+                pass
 
     def restore(self) -> None:
+        """The module's own forward back, and no more warm-ups (they hold the module and its inputs)."""
         self.module.forward = self.eager
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
 
 
 def cache_key(mode: str) -> str:

@@ -2,7 +2,8 @@
 
 LoRAs are fused into the weights and the peft layers removed again, so the modules keep the same structure
 (a compiled UNet stays valid) and there is no per-step LoRA cost; the weights they touched are kept on the CPU
-and copied back when a request asks for a different set.
+and copied back when a request asks for a different set. Everything that touches the models runs on one thread,
+the GpuWorker (see compiled.py): requests hand their generation to it and wait.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -23,12 +24,53 @@ from PIL import Image, ImageFilter
 from ..errors import Interrupted
 from .cache import ModelCache
 from .checkpoint import load_pipeline, load_vae
+from .compiled import GpuWorker, cache_supported
 from .infotext import model_hash, network_hash
 from .prompts import Embeddings, encode_prompts, extract_networks
 from .request import BadRequest, GenerationRequest, resolve_seeds
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
+
+# VAE decode memory grows with the pixels decoded at once. Estimate for an A10G (24 GB): the fp16 SDXL UNet and
+# text encoders take ~7 GB, and SDXL's VAE decodes upcast to fp32, where one 1024x1024 image peaks at ~7 GB
+# (128-channel activations at full size are 0.5 GB each, several alive at once). A batch of 4 at once would need
+# ~28 GB, so past one 1024x1024 image's worth the batch is decoded one image at a time (slices), and an image
+# itself past 1536x1536 (~16 GB at once) in overlapping tiles.
+VAE_SLICE_PIXELS = 1024 * 1024  # width * height * images decoded at once
+VAE_TILE_PIXELS = 1536 * 1536  # width * height of one image
+GPU_FAMILIES = ("ml.g", "ml.p")
+UNSUPPORTED_FAMILIES = ("ml.inf", "ml.trn")  # Inferentia and Trainium need Neuron-compiled models
+
+
+class DeviceError(RuntimeError):
+    """The instance cannot run this server as it should; /ping reports it so the deploy fails with the reason."""
+
+
+def check_device(instance_type: Optional[str]) -> None:
+    """On a GPU instance type, a usable CUDA device or an error that says why; never a quiet, slow CPU fallback."""
+    if not instance_type:
+        return  # a local run or a test: the CPU is fine
+    if instance_type.startswith(UNSUPPORTED_FAMILIES):
+        raise DeviceError(f"{instance_type} is not supported by this inference server: use a GPU instance "
+                          "(ml.g*, ml.p*) or a CPU one.")
+    if not instance_type.startswith(GPU_FAMILIES):
+        return
+    problem = None
+    if not torch.cuda.is_available():
+        problem = "torch sees no CUDA device"
+    else:
+        try:
+            torch.zeros(1, device="cuda")
+        except Exception as exc:
+            problem = f"the CUDA device cannot be used ({exc})"
+    if problem:
+        cuda = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a build without CUDA"
+        raise DeviceError(
+            f"{instance_type} is a GPU instance, but {problem} (torch {torch.__version__}, {cuda}). The host's "
+            "NVIDIA driver is most likely older than this image needs: give the endpoint's production variant an "
+            "InferenceAmiVersion with a newer driver (e.g. al2-ami-sagemaker-inference-gpu-3-1). Not starting "
+            "on the CPU, which would take minutes per image.")
 
 
 def model_name(uri: str) -> str:
@@ -73,30 +115,44 @@ class Generated:
 class Engine:
     def __init__(self, cache: ModelCache, work_dir: Path, device: Optional[str] = None,
                  dtype: Optional[torch.dtype] = None):
+        if device is None:
+            check_device(os.environ.get("SD_SAGEMAKER_INSTANCE_TYPE"))
         self.cache = cache
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
         self.config_root = Path(work_dir) / "configs"
         self.loaded: Optional[Loaded] = None
-        self.lock = threading.Lock()  # one generation at a time: one GPU, one set of weights
+        self.worker = GpuWorker()  # one generation at a time: one GPU, one set of weights, one thread
         # torch.compile: on by default on a GPU (SD_SAGEMAKER_COMPILE=off to turn it off, =on to force it)
         wanted = os.environ.get("SD_SAGEMAKER_COMPILE", "auto").lower()
         self.compile = wanted == "on" or (wanted == "auto" and self.device == "cuda")
         self.compile_mode = os.environ.get("SD_SAGEMAKER_COMPILE_MODE", "reduce-overhead") or None
         self.compile_backend = os.environ.get("SD_SAGEMAKER_COMPILE_BACKEND", "inductor")
         self.artifacts = None
+        self.compile_cache = "off"  # what /ping says about the S3 compile cache
         if self.compile and self.compile_backend == "inductor":
             self._load_artifacts()
 
     def _load_artifacts(self) -> None:
         from .compiled import ArtifactStore, cache_key
 
+        if not cache_supported():
+            self.compile_cache = "unsupported"
+            log.warning("the S3 compile cache is unavailable with torch %s (it needs torch 2.7 or later): each new "
+                        "instance compiles afresh", torch.__version__)
+            return
         try:
             aws = self.cache.aws
             self.artifacts = ArtifactStore(aws.client("s3"), aws.bucket, cache_key(self.compile_mode))
-            log.info("loaded %d compile cache object(s) from S3", self.artifacts.load())
+            loaded = self.artifacts.load()
+            self.compile_cache = f"loaded {loaded}"
+            log.info("loaded %d compile cache object(s) from S3", loaded)
         except Exception as exc:  # no cache is slower, not broken
+            self.compile_cache = f"failed: {exc}"
             log.warning("compile cache unavailable: %s", exc)
+
+    def compile_stats(self) -> dict:
+        return {"enabled": self.compile, "cache": self.compile_cache}
 
     def _save_artifacts(self, seconds: float) -> None:
         try:
@@ -110,10 +166,7 @@ class Engine:
         if self.loaded and self.loaded.uri == uri and self.loaded.path == path:
             return self.loaded
         if self.loaded:  # free the old weights before the new ones arrive: two SDXL do not fit a 24 GB GPU
-            self.loaded = None
-            gc.collect()
-            if self.device == "cuda":
-                torch.cuda.empty_cache()
+            self._unload()
         started = time.monotonic()
         pipe, arch = load_pipeline(path, device=self.device, dtype=self.dtype, config_root=self.config_root)
         pipe.set_progress_bar_config(disable=True)
@@ -121,12 +174,35 @@ class Engine:
         if self.compile:
             from .compiled import CompiledModule
 
-            compiled = CompiledModule(pipe.unet, mode=self.compile_mode, backend=self.compile_backend,
+            compiled = CompiledModule(pipe.unet, self.worker, mode=self.compile_mode, backend=self.compile_backend,
                                       on_compiled=self._save_artifacts)
         log.info("loaded %s (%s) in %.1f s", uri, arch.kind, time.monotonic() - started)
         self.loaded = Loaded(uri=uri, path=path, sha256=self.cache.sha256(path), pipe=pipe, arch=arch,
                              scheduler_config=dict(pipe.scheduler.config), vae=pipe.vae, compiled=compiled)
         return self.loaded
+
+    def _unload(self) -> None:
+        """Runs on the worker: no compile left for the old model, dynamo's caches (which keep its graphs and their
+        CUDA-graph memory pools alive) cleared on the thread that owns them, the old weights freed."""
+        old, self.loaded = self.loaded, None
+        if old.compiled:
+            old.compiled.restore()
+            dropped = self.worker.drop_idle()
+            if dropped:
+                log.info("dropped %d pending compile(s) of %s", dropped, old.uri)
+            torch._dynamo.reset()
+        log.info("unloading %s", old.uri)
+        del old
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def preload(self, uri: str) -> None:
+        """Fetch and load a checkpoint before any request asks for it (SD_SAGEMAKER_PRELOAD_CHECKPOINT)."""
+        def load():
+            with self.cache.using(uri) as path, torch.inference_mode():  # as a request loads it
+                self._checkpoint(uri, path)
+        self.worker.run(load)
 
     def _vae(self, m: Loaded, uri: Optional[str], path: Optional[Path]) -> None:
         if path == m.vae_path:  # the path names the S3 object's version too: a re-upload is a new path
@@ -202,8 +278,12 @@ class Engine:
 
     # -- generation -------------------------------------------------------------------------------------
     def generate(self, req: GenerationRequest, cancel: Optional[threading.Event] = None) -> Generated:
-        cancel = cancel or threading.Event()
-        with self.lock, ExitStack() as stack, torch.inference_mode():
+        return self.worker.run(self._generate, req, cancel or threading.Event())
+
+    def _generate(self, req: GenerationRequest, cancel: threading.Event) -> Generated:
+        if cancel.is_set():
+            raise Interrupted("The generation was stopped because the server is shutting down.")
+        with ExitStack() as stack, torch.inference_mode():
             started = time.monotonic()
             m, prompt, lora_hashes, ti_hashes = self._prepare(req, stack)
             embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
@@ -247,7 +327,9 @@ class Engine:
                 mask = self._mask(req)
                 kwargs.update(mask_image=mask, width=req.width, height=req.height)
         pipe.scheduler = make_scheduler(m.scheduler_config, req.sampler_id, req.schedule, seed=seeds[0])
-        images = list(pipe(**kwargs).images)
+        prepare_vae(pipe.vae, n, req.width, req.height)
+        with m.compiled.denoising() if m.compiled else nullcontext():
+            images = list(pipe(**kwargs).images)
         if req.task == "img2img" and req.mask:  # outside the mask the picture stays the user's, pixel for pixel
             images = [Image.composite(out.convert("RGB"), init, mask) for out, init in zip(images, inits)]
         return images
@@ -291,6 +373,38 @@ class Engine:
         if req.mask_blur:
             mask = mask.filter(ImageFilter.GaussianBlur(req.mask_blur))
         return mask
+
+
+def prepare_vae(vae, images: int, width: int, height: int) -> None:
+    """Slices and tiles past the bounds above; a reduced-precision decode that gives NaN is redone in fp32."""
+    if images * width * height > VAE_SLICE_PIXELS:
+        vae.enable_slicing()
+    else:
+        vae.disable_slicing()
+    if width * height > VAE_TILE_PIXELS:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+    if "decode" not in vae.__dict__:
+        vae.decode = _nan_safe(vae, vae.decode)
+
+
+def _nan_safe(vae, decode):
+    def nan_safe_decode(z, *args, **kwargs):
+        out = decode(z, *args, **kwargs)
+        image = out[0] if isinstance(out, tuple) else out.sample
+        if vae.dtype == torch.float32 or not torch.isnan(image).any():
+            return out
+        # SD 1.x VAEs overflow in fp16 on some latents: NaN, which would come out as a black image
+        log.warning("the VAE's %s decode gave NaN: re-decoded in fp32", str(vae.dtype).replace("torch.", ""))
+        dtype = vae.dtype
+        vae.to(torch.float32)
+        try:
+            out = decode(z.float(), *args, **kwargs)
+        finally:
+            vae.to(dtype)
+        return (out[0].to(dtype), *out[1:]) if isinstance(out, tuple) else type(out)(sample=out.sample.to(dtype))
+    return nan_safe_decode
 
 
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The one request handler behind both entry points (our HTTP server and AWS's prebuilt PyTorch container).
 
 The engine (torch, diffusers: ~10 s to import, more on a cold disk) starts in a background thread, so /ping
-answers at once while it loads; an invocation that arrives meanwhile waits for it. Every failure comes back
-as a status and a sentence naming what to fix; nothing takes the server down.
+answers at once while it loads; an invocation that arrives meanwhile waits for it. With a checkpoint to preload
+(SD_SAGEMAKER_PRELOAD_CHECKPOINT), /ping answers 503 until it is loaded, so SageMaker sends no traffic before.
+Every failure comes back as a status and a sentence naming what to fix; nothing takes the server down.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DIR = "/tmp/sd-webui-sagemaker"
 START_TIMEOUT = 900.0  # an invocation waits this long for the engine (first start on a cold instance)
+# on a real-time endpoint InvokeEndpoint gives up at 60 s: better a clear "still loading" before that (tests shorten it)
+REALTIME_WAIT = float(os.environ.get("SD_SAGEMAKER_REALTIME_WAIT", "50"))
 
 
 def default_cache_bytes(folder: Path) -> int:
@@ -34,10 +37,13 @@ def default_cache_bytes(folder: Path) -> int:
 
 
 class Handler:
-    def __init__(self, make_engine: Callable[[], object]):
+    def __init__(self, make_engine: Callable[[], object], preload: Optional[str] = None, realtime: bool = False):
+        self.preload = preload  # an s3:// checkpoint loaded before /ping says healthy
+        self.realtime = realtime  # a real-time endpoint: InvokeEndpoint's 60 s limit
         self._engine = None
+        self._stage = "starting the engine"
         self._failure: Optional[str] = None
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # the engine started and the preload done (or either failed)
         self._closing = threading.Event()
         self._cancel = threading.Event()
         self._busy = threading.Condition()
@@ -61,25 +67,46 @@ class Handler:
                                cache_bytes or default_cache_bytes(root / "models"))
             return Engine(cache, root)
 
-        return cls(make_engine)
+        return cls(make_engine, preload=os.environ.get("SD_SAGEMAKER_PRELOAD_CHECKPOINT") or None,
+                   realtime=os.environ.get("SD_SAGEMAKER_ENDPOINT_TYPE", "").lower() == "real-time")
 
     def _start(self, make_engine) -> None:
         try:
             self._engine = make_engine()
             log.info("engine ready in %.1f s", time.monotonic() - self.started_at)
         except BaseException as exc:  # noqa: B036 - reported on /ping and to every invocation, never raised here
-            log.exception("the engine could not start")
+            log.exception("the engine could not start: %s", exc)
             self._failure = f"The inference server could not start: {exc}"
-        finally:
             self._ready.set()
+            return
+        if self.preload:
+            self._stage = f"preloading {self.preload}"
+            log.info("preloading %s", self.preload)
+            try:
+                self._engine.preload(self.preload)
+                log.info("preloaded %s, ready after %.1f s", self.preload, time.monotonic() - self.started_at)
+            except BaseException as exc:  # noqa: B036 - reported on /ping, never raised here
+                log.error("the checkpoint to preload could not be loaded: %s", exc)
+                self._failure = f"The checkpoint to preload, {self.preload}, could not be loaded: {exc}"
+        self._ready.set()
+
+    def wait_healthy(self, timeout: Optional[float] = None) -> None:
+        """Until the engine has started and the preload is done; raises with the reason when either failed.
+        For hosts that answer /ping themselves (TorchServe in AWS's prebuilt image)."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"The inference server is still {self._stage} after {timeout} s.")
+        if self._failure:
+            raise RuntimeError(self._failure)
 
     # -- the SageMaker contract ---------------------------------------------------------------------------
     def ping(self) -> Tuple[int, dict]:
         if self._failure:
             return 500, {"status": "failed", "error": self._failure}
-        if not self._engine:
-            return 200, {"status": "loading"}
-        return 200, {"status": "ready", "cache": self._engine.cache.stats()}
+        if not self._ready.is_set():
+            # with a preload, not healthy yet: SageMaker keeps the endpoint Creating and sends no traffic
+            return (503 if self.preload else 200), {"status": "loading", "stage": self._stage}
+        engine = self._engine
+        return 200, {"status": "ready", "cache": engine.cache.stats(), "compile": engine.compile_stats()}
 
     def invoke(self, body: bytes, content_type: str = "application/json") -> Tuple[int, dict]:
         if self._closing.is_set():
@@ -104,7 +131,12 @@ class Handler:
             req = parse_request(data)
         except BadRequest as exc:
             return 400, {"error": str(exc), "field": exc.field}
-        if not self._ready.wait(START_TIMEOUT):
+        if not self._ready.wait(REALTIME_WAIT if self.realtime else START_TIMEOUT):
+            if self.realtime:
+                name = (self.preload or req.models.checkpoint).rsplit("/", 1)[-1]
+                return 503, {"error": f"The endpoint is still loading the model {name} ({self._stage}, "
+                                      f"{time.monotonic() - self.started_at:.0f} s so far); try again in a minute.",
+                             "status": "loading"}
             return 503, {"error": "The inference server is still starting; try again in a minute."}
         if self._failure:
             return 500, {"error": self._failure}

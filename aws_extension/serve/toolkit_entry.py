@@ -3,7 +3,7 @@
 SageMaker's PyTorch inference toolkit (TorchServe underneath) imports this file as the module `inference` from
 /opt/ml/model/code, where the package `aws_extension` lies beside it, and calls:
 
-- model_fn(model_dir) once per worker: our Handler, whose engine starts in the background;
+- model_fn(model_dir) once per worker: our Handler, once its engine has started and any preload checkpoint is loaded;
 - input_fn(body, content_type) -> (bytes, content type); the toolkit hands JSON over as str, others as bytearray;
 - predict_fn(data, handler) -> (status, answer dict), from Handler.invoke: the same handler as our own HTTP server;
 - output_fn(prediction, accept, context) -> (JSON bytes, "application/json"), whatever the Accept header asks.
@@ -11,7 +11,13 @@ SageMaker's PyTorch inference toolkit (TorchServe underneath) imports this file 
 A status other than 200 goes back as that HTTP status with the JSON answer as the body: output_fn sets it on the
 toolkit's request context (which is how the toolkit itself reports its errors). Should no context come, it raises
 InvocationError, which the toolkit maps to the same status, with a body of the JSON answer followed by a newline
-and a Python traceback. /ping is answered by TorchServe itself, not by Handler.ping.
+and a Python traceback.
+
+/ping is answered by TorchServe itself, not by Handler.ping: healthy while its worker runs, even while model_fn
+is still loading (requests then wait in TorchServe's queue), and it restarts a failed worker again and again. So a
+server that cannot work at all (no usable GPU on a GPU instance, a preload checkpoint that does not load) stops
+TorchServe: /ping then fails and SageMaker fails the deploy, or replaces the instance, rather than bill for a
+server that never answers.
 
 Absolute imports only (this file runs outside its package), and nothing heavy at import: torch and diffusers are
 imported by the handler's engine, in the background.
@@ -24,11 +30,14 @@ import http
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from typing import Any, Optional, Tuple
 
 JSON = "application/json"
 CLOSE_SECONDS = 20.0  # at interpreter exit, in-flight generations get this long
+LOG_RELAY_SECONDS = 2.0
 
 log = logging.getLogger("sd-webui-sagemaker.toolkit")
 
@@ -64,12 +73,33 @@ def phrase(status: int) -> str:
 
 
 def model_fn(model_dir: str) -> Any:
-    """The request handler (the toolkit calls it the model); it answers at once and loads its engine meanwhile."""
+    """The request handler (the toolkit calls it the model), once its engine has started and any preload is done;
+    when it cannot work, TorchServe is stopped with the reason in the log (see above)."""
     from aws_extension.serve.handler import Handler
 
     handler = Handler.from_environment()
     atexit.register(_close, handler)
+    try:
+        handler.wait_healthy()
+    except Exception as exc:
+        log.error("%s Stopping the model server: this container cannot serve.", exc)
+        time.sleep(LOG_RELAY_SECONDS)  # TorchServe relays the worker's output: let the reason reach the log first
+        stop_model_server()
+        raise
     return handler
+
+
+def stop_model_server() -> bool:
+    """SIGTERM to the TorchServe frontend that started this worker; False if the parent is something else."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            if b"org.pytorch.serve.ModelServer" not in f.read():
+                return False
+        os.kill(parent, signal.SIGTERM)
+        return True
+    except OSError:
+        return False
 
 
 def _close(handler: Any) -> None:

@@ -1,4 +1,4 @@
-"""torch.compile in the background: requests never wait, the compiled graph takes over, artifacts go to S3.
+"""torch.compile on the GPU worker: requests never wait, the compiled graph takes over, artifacts go to S3.
 
 On the CPU the UNet is compiled with the "eager" backend (the real torch.compile tracing and guards, without
 Inductor's minutes of code generation); the S3 artifact round trip uses Inductor on a small function.
@@ -6,13 +6,14 @@ Inductor's minutes of code generation); the S3 artifact round trip uses Inductor
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from aws_extension.serve.compiled import ArtifactStore, CompiledModule, cache_key
+from aws_extension.serve.compiled import ArtifactStore, CompiledModule, GpuWorker, cache_key
 
 
 @pytest.fixture(scope="module")
@@ -30,31 +31,36 @@ def inputs(batch=2, side=8):
             torch.randn(batch, 77, 32, generator=g))
 
 
-def test_first_call_is_eager_then_the_compiled_graph_takes_over(unet):
+def test_calls_run_on_the_worker_eager_until_warm_and_a_denoise_keeps_its_choice(unet):
     expected = unet(*inputs(), return_dict=False)[0]
-    compiled = CompiledModule(unet, mode=None, backend="eager")
+    worker = GpuWorker()
+    compiled = CompiledModule(unet, worker, mode=None, backend="eager")
     try:
-        seen = []
-        original = compiled.compiled
-        compiled.compiled = lambda *a, **k: (seen.append(1), original(*a, **k))[1]
-        started = time.monotonic()
-        with torch.inference_mode():
+        seen, eager = [], []
+        original, original_eager = compiled.compiled, compiled.eager
+        compiled.compiled = lambda *a, **k: (seen.append(threading.get_ident()), original(*a, **k))[1]
+        compiled.eager = lambda *a, **k: (eager.append(threading.get_ident()), original_eager(*a, **k))[1]
+        with torch.inference_mode(), compiled.denoising():
+            started = time.monotonic()
             first = unet(*inputs(), return_dict=False)[0]
-        assert time.monotonic() - started < 5  # answered eagerly while the graph compiles
-        assert torch.equal(first, expected)
-        compiled.wait(120)
-        assert compiled.ready and not compiled.failed
-        calls_while_warming = len(seen)
+            assert time.monotonic() - started < 5  # answered eagerly; the graph compiles after
+            compiled.wait(120)
+            assert compiled.ready and not compiled.failed
+            warm_ups = len(seen)
+            second = unet(*inputs(), return_dict=False)[0]  # still this denoise: eager, though the graph is ready
+        assert torch.equal(first, expected) and torch.equal(second, expected) and len(seen) == warm_ups
         with torch.inference_mode():
             again = unet(*inputs(), return_dict=False)[0]
-        assert len(seen) == calls_while_warming + 1  # this call went through the compiled graph
+        assert len(seen) == warm_ups + 1  # the next call goes through the compiled graph
         assert torch.allclose(again, expected, atol=1e-5)
-        # a new shape is eager again (and starts its own compile); the known one stays compiled
+        # a new shape is eager again (and asks for its own compile); the known one stays compiled
         with torch.inference_mode():
             unet(*inputs(batch=1, side=16), return_dict=False)
-        assert len(compiled.ready) == 1 and len(compiled.started) == 2
+        assert len(compiled.ready) == 1 and len(compiled.pending) == 2
         compiled.wait(120)
         assert len(compiled.ready) == 2
+        # the caller's thread never runs the module or its graphs: the worker does, all of it
+        assert set(seen) == set(eager) == {worker.thread.ident} and len(eager) == 3
     finally:
         compiled.restore()
 
