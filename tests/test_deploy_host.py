@@ -114,5 +114,7 @@ def test_the_emulator_starts_its_server_with_the_models_environment(aws, tmp_pat
     runtime.start_endpoint(sagemaker_backends[ACCOUNT_ID][REGION], "local-pre")
     [env] = launched
     assert env["SD_SAGEMAKER_PRELOAD_CHECKPOINT"] == f"s3://{aws.bucket}/models/Stable-diffusion/sd15.safetensors"
-    assert (env["SD_SAGEMAKER_ENDPOINT_TYPE"], env["SD_SAGEMAKER_INSTANCE_TYPE"]) == ("async", "ml.g5.2xlarge")
+    assert env["SD_SAGEMAKER_ENDPOINT_TYPE"] == "async"
+    # a local endpoint runs on this machine's CPU, whatever type it names: no GPU check for its ml.g5.2xlarge
+    assert "SD_SAGEMAKER_INSTANCE_TYPE" not in env
     runtime.stop_all()

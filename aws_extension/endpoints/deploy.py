@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 TYPES = {"async": "async", "real-time": "real-time", "realtime": "real-time", "real_time": "real-time"}
 STARTUP_TIMEOUT = 600  # seconds for the image pull plus the server's first /ping; SD images are large
-# AWS's prebuilt image first installs the server's wheels from its code package, then starts TorchServe
-PREBUILT_STARTUP_TIMEOUT = 1500
+# AWS's prebuilt image first installs the server's wheels from its code package (about a minute), then starts
+# TorchServe; a container that cannot serve stops answering /ping and fails the deploy after this long
+PREBUILT_STARTUP_TIMEOUT = 900
 
 POLL_SECONDS = 5.0  # tests shrink this
 SETTLE_SECONDS = 45 * 60  # a GPU endpoint takes ~3-10 min; AWS gives up on its own well before this

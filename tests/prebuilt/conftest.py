@@ -199,8 +199,9 @@ def cloud(tmp_path_factory):
 def deployed(cloud):
     """A deploy with no image URI, as a user's first deploy: the model's container as SageMaker would get it."""
     aws = cloud["aws"]
-    endpoints.deploy(aws, EndpointSpec(name="replica", endpoint_type="async", instance_type="ml.c5.2xlarge"),
-                     background=False)
+    # a CPU instance type: the replica runs on this machine's CPU (a GPU type without a GPU must fail: tested below)
+    endpoints.deploy(aws, EndpointSpec(name="replica", endpoint_type="async", instance_type="ml.c5.2xlarge",
+                                       preload_checkpoint="tiny-sd1"), background=False)
     return aws.client("sagemaker").describe_model(ModelName="replica")["PrimaryContainer"]
 
 
@@ -228,16 +229,21 @@ def index():
     recording.close()
 
 
-@pytest.fixture(scope="session")
-def stack(replica_python, cloud, deployed, model_dir, index, tmp_path_factory):
+def container_env(replica_python: str, cloud: dict, deployed: dict, index: RecordingIndex, **overrides) -> dict:
+    """The image's environment, the model's (as deploy set it), the emulator's credentials, and pip as in the image:
+    no configuration of this machine's, and an index that only records (the install must not use it)."""
     env = {k: v for k, v in cloud["env"].items() if k.startswith(("AWS_", "PATH", "HOME", "JAVA", "LD_", "TMP"))}
     env["PATH"] = f"{Path(replica_python).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"  # torchserve, pip
     env.update(IMAGE_ENV, **deployed["Environment"])
-    # pip as in the image: no config of this machine's, and an index that only records: the install must not use it
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=index.url, PIP_RETRIES="0", PIP_TIMEOUT="5",
                PIP_DISABLE_PIP_VERSION_CHECK="1")
-    work = tmp_path_factory.mktemp("container")
-    s = Stack(replica_python, env, work)
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(replica_python, cloud, deployed, model_dir, index, tmp_path_factory):
+    s = Stack(replica_python, container_env(replica_python, cloud, deployed, index), tmp_path_factory.mktemp("container"))
     try:
         s.ready_after = s.wait_healthy()
         yield s

@@ -16,6 +16,7 @@ from PIL import Image
 from aws_extension.endpoints.deploy import TOOLKIT_ENVIRONMENT
 from aws_extension.endpoints import wheels
 from aws_extension.serve.infotext import parse_infotext
+from conftest import START_SECONDS, Stack, container_env
 
 SMALL = {"prompt": "a lighthouse", "negative_prompt": "blurry", "steps": 2, "width": 64, "height": 64, "cfg_scale": 5,
          "seed": 99, "sampler_name": "Euler"}
@@ -48,6 +49,7 @@ def test_the_package_installs_its_own_wheels_and_nothing_from_an_index(stack, mo
 def test_ping_and_txt2img_answer_like_the_webui_api(stack, cloud):
     status, data = stack.request("GET", "/ping")
     assert status == 200
+    assert f"preloaded {cloud['tiny-sd1']}" in stack.output()  # the checkpoint deploy named, loaded at start
     status, answer = stack.invoke(body("txt2img", SMALL, cloud["tiny-sd1"]))
     assert status == 200, answer
     image = picture(answer)
@@ -117,3 +119,24 @@ def test_sigterm_stops_everything_within_sagemakers_grace(stack):
         time.sleep(0.5)
     left = [command_line(p)[:120] for p in processes if alive(p)]
     assert not left, left
+
+
+def test_a_gpu_instance_without_a_usable_gpu_stops_answering_ping(replica_python, cloud, deployed, model_dir, index,
+                                                                   tmp_path):
+    """TorchServe would restart the failing worker forever and call itself healthy meanwhile: the container stops
+    instead, so SageMaker's ping check fails the deploy, and the log says why."""
+    env = container_env(replica_python, cloud, deployed, index, SD_SAGEMAKER_INSTANCE_TYPE="ml.g5.2xlarge")
+    stack = Stack(replica_python, env, tmp_path)
+    try:
+        stack.proc.wait(START_SECONDS)  # the entry point's serving.main() returns once TorchServe is gone
+        log = stack.output()
+        assert "ml.g5.2xlarge is a GPU instance, but torch sees no CUDA device" in log, log[-4000:]
+        assert "InferenceAmiVersion" in log and "Stopping the model server" in log
+        try:
+            status = stack.request("GET", "/ping", timeout=5)[0]
+        except OSError:
+            status = None  # nothing listens any more
+        assert status is None
+        assert not [p for p in stack.processes() if alive(p)]
+    finally:
+        stack.kill()
