@@ -130,8 +130,13 @@ def describe(exc: BaseException, what: str = "") -> UserError:
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message", "") or str(exc)
         if code in ("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
-                    "InvalidAccessKeyId", "ExpiredToken", "ExpiredTokenException"):
+                    "InvalidAccessKeyId", "ExpiredToken", "ExpiredTokenException", "InvalidToken"):
             return ConfigError(f"AWS rejected the credentials{where} ({code}): refresh or fix them.")
+        if code == "400" and exc.operation_name.startswith("Head"):
+            # a HEAD answer has no body, so S3 cannot say why; an expired or invalid session token is the usual cause
+            return ConfigError(f"AWS answered 400 Bad Request{where} without a reason: most often the credentials' "
+                               f"session token has expired or is invalid. Refresh the credentials (e.g. `aws sso "
+                               f"login`, or a new AWS_SESSION_TOKEN) and try again.")
         if code in ("AccessDenied", "AccessDeniedException", "403"):
             return ConfigError(f"Access denied{where}: the credentials lack permission ({message}).")
         if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"):

@@ -360,6 +360,8 @@ def cmd_serve(cli: Cli) -> int:
 
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from .serve.request import FORM_SAMPLER  # torch-free: the request contract client and server share
+
     p = argparse.ArgumentParser(prog="python -m aws_extension", description="Amazon SageMaker for Stable Diffusion WebUI")
     p.add_argument("--region", help="AWS region (else AWS_REGION, the WebUI setting, the profile's)")
     p.add_argument("--profile", help="AWS profile (else AWS_PROFILE)")
@@ -433,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt", required=True, help="the WebUI's prompt syntax, <lora:name:weight> included")
     c.add_argument("--negative-prompt", default="")
     c.add_argument("--steps", type=int)
-    c.add_argument("--sampler", help="e.g. 'Euler a', 'DPM++ 2M'")
+    c.add_argument("--sampler", default=FORM_SAMPLER,
+                   help=f"e.g. 'Euler a', 'Euler' (default {FORM_SAMPLER!r}, as the WebUI's form and the tab)")
     c.add_argument("--scheduler", help="schedule type: Automatic, Karras, Exponential")
     c.add_argument("--cfg-scale", type=float)
     c.add_argument("--width", type=int)

@@ -37,6 +37,7 @@ fi
 
 if [ -n "${TORCH_SPEC:-}" ]; then
   # shellcheck disable=SC2086  # several pip arguments are allowed (e.g. an --index-url)
+  echo "install.sh: installing $TORCH_SPEC into $target (a first install downloads it: a few minutes)"
   pip_install $TORCH_SPEC
 fi
 if ! torch_version=$("$python" -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null); then
@@ -52,6 +53,7 @@ if vision=$("$python" -c 'from importlib.metadata import version; print(version(
   echo "torchvision==$vision" >>"$constraints"
 fi
 
+echo "install.sh: installing the server's requirements (diffusers, transformers, peft, accelerate...) beside torch $torch_version"
 pip_install -c "$constraints" -r "$here/requirements.txt"
 
 if [ "${INSTALL_PACKAGE:-1}" != 0 ]; then

@@ -75,11 +75,16 @@ def test_default_bucket_name_uses_account_and_region(aws_env):
     assert "sd-webui-sagemaker-123456789012-us-east-1" in out
 
 
-def test_local_prints_exports_and_serves(tmp_path):
+def test_local_prints_exports_and_serves_and_stops_whatever_the_shell(tmp_path):
+    """Started as a background job of a non-interactive shell would start it (SIGINT ignored), SIGTERM stops it and
+    its endpoints' servers, and nothing is left behind."""
+    import psutil
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SD_SAGEMAKER"))}
     env.update(PYTHONPATH=str(ROOT), AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
     proc = subprocess.Popen([sys.executable, "-m", "aws_extension", "local", "--port", "0"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         exports = {}
         deadline = time.monotonic() + 60
@@ -92,10 +97,15 @@ def test_local_prints_exports_and_serves(tmp_path):
         assert {"AWS_ENDPOINT_URL", "AWS_REGION", "SD_SAGEMAKER_BUCKET", "AWS_ACCESS_KEY_ID"} <= set(exports)
         second_shell = {**env, **exports}
         assert "(none)" in cli(second_shell, "models", "list", check_rc=0).stdout
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Emulator stopped." in err
+        assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(20)
-    assert proc.returncode == 0
+        if proc.poll() is None:  # a failed test leaves no emulator behind either
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 @pytest.mark.parametrize("group", ["models", "endpoints", "datasets"])
@@ -177,6 +187,7 @@ def test_upload_url_from_a_local_server(aws_env, tmp_path):
         cli(aws_env, "setup", check_rc=0)
         refused = cli(aws_env, "models", "upload-url", "--type", "vae", url, check_rc=1)
         assert "loopback" in refused.stderr and "SECRET" not in refused.stderr
+        assert "--allow-private" in refused.stderr  # the switch this user can type
         bad = cli(aws_env, "models", "upload-url", "--type", "vae", "--description", "[1]", url, check_rc=1)
         assert "JSON object" in bad.stderr
         done = cli(aws_env, "--json", "models", "upload-url", "--type", "vae", "--allow-private",
@@ -209,3 +220,14 @@ def test_datasets_create_list_show_delete(aws_env, tmp_path):
     assert "squares" in cli(aws_env, "datasets", "create", "--name", "squares", str(tmp_path / "a.png"), check_rc=1).stderr
     cli(aws_env, "datasets", "delete", "squares", check_rc=0)
     assert "squares" in cli(aws_env, "datasets", "show", "squares", check_rc=1).stderr
+
+
+def test_generate_starts_from_the_same_sampler_as_the_tab_and_the_webui_form():
+    from aws_extension.cli import build_parser, generate_payload
+    from aws_extension.serve.request import FORM_SAMPLER
+
+    args = build_parser().parse_args(["generate", "--endpoint", "e", "--checkpoint", "c", "--prompt", "a cat"])
+    assert generate_payload(args)["sampler_name"] == FORM_SAMPLER == "DPM++ 2M"
+    chosen = build_parser().parse_args(["generate", "--endpoint", "e", "--checkpoint", "c", "--prompt", "a cat",
+                                        "--sampler", "Euler a"])
+    assert generate_payload(chosen)["sampler_name"] == "Euler a"

@@ -161,6 +161,13 @@ def test_identical_file_is_skipped_without_sending(s3aws, proxy, tmp_path):
     assert upload_paths(s3aws, "lora", [str(path)])[0].status == "uploaded"
 
 
+def test_an_empty_file_is_refused_and_nothing_is_written(aws, tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    [result] = upload_paths(aws, "checkpoint", [str(tmp_path / "empty.safetensors")])
+    assert result.status == "failed" and "empty" in result.error and "empty.safetensors" in result.error
+    assert "Contents" not in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix="models/")
+
+
 def test_small_file_single_request(aws, tmp_path):
     (tmp_path / "tiny.pt").write_bytes(b"x" * 1000)
     [result] = upload_paths(aws, "embedding", [str(tmp_path / "tiny.pt")])
@@ -204,3 +211,12 @@ def test_interrupted_error_type(s3aws, proxy):
     writer = ObjectWriter(s3aws, "models/Lora/x.safetensors", "x.safetensors")
     with pytest.raises(Interrupted):
         writer.write(iter([b"a" * PART, b"b" * PART]), 2 * PART, PART)
+
+
+def test_an_expired_session_token_is_named_as_the_credentials_problem(s3aws, proxy, tmp_path):
+    """S3 answers a HEAD made with an expired session token 400 with no body: say what that usually means."""
+    (tmp_path / "m.safetensors").write_bytes(b"m" * 1000)
+    proxy.rules.append(lambda method, path, query: 400 if method == "HEAD" else None)
+    [result] = upload_paths(s3aws, "lora", [str(tmp_path / "m.safetensors")])
+    assert result.status == "failed"
+    assert "session token has expired or is invalid" in result.error and "Bad Request" in result.error

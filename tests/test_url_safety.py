@@ -63,6 +63,7 @@ def test_redact_url():
     assert redact_url("https://u:p@Host.example:8443/a/b.ckpt?token=T#frag") == "https://host.example:8443/a/b.ckpt?..."
     assert redact_url("http://[::1]/x.pt") == "http://[::1]/x.pt"
     assert "T" not in redact_url("http://u:T@[bad/x?t=T")
+    assert redact_url("file:///etc/passwd") == "file:///etc/passwd" and redact_url("data:x?y") == "data:x?..."
 
 
 def test_names_and_lists():

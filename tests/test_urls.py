@@ -255,6 +255,9 @@ def test_metadata_refused_even_when_private_allowed(aws, site):
 def test_only_http_and_https(aws, site):
     [result] = upload(aws, "ftp://127.0.0.1/model.safetensors")
     assert result.status == "failed" and "only http:// and https://" in result.error
+    # the message names the URL as typed, scheme and all: "/etc/passwd: only http://..." read as a path problem
+    [result] = upload(aws, "file:///etc/passwd")
+    assert result.status == "failed" and result.error.startswith("file:///etc/passwd: only http:// and https://")
 
 
 def test_batch_each_url_on_its_own(aws, site):

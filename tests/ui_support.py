@@ -27,15 +27,13 @@ def standalone(models_dirs: Optional[List[str]] = None, auth: Optional[tuple] = 
     from aws_extension.config import Settings
     from aws_extension.ui.context import TabContext
     from aws_extension.ui.routes import add_routes
-    from aws_extension.ui.standalone import build_app
+    from aws_extension.ui.standalone import build_app, launch
 
     folders = list(models_dirs or [])
     ctx = TabContext(settings=lambda: Settings.resolve(allow_private_urls=allow_private_urls),
                      model_folders=lambda: folders)
     demo = build_app(ctx)
-    demo.queue()
-    app, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                              auth=auth, show_api=False, quiet=True)
+    app, url = launch(demo, "127.0.0.1", free_port(), auth)
     add_routes(app, ctx)
     try:
         yield url

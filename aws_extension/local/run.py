@@ -24,18 +24,21 @@ def run_local(emulator: LocalEmulator, bucket: Optional[str] = None, stop: Optio
     for name, value in env.items():
         print(f"export {name}={shlex.quote(value)}")
     print(f"# AWS emulator on {emulator.url}, bucket {result.bucket}. Paste the lines above into another shell,", flush=True)
-    print("# then e.g. `python -m aws_extension models list`. Ctrl-C stops the emulator (its data is in memory).", flush=True)
+    print("# then e.g. `python -m aws_extension models list`. Ctrl-C (or SIGTERM) stops the emulator (its data is in "
+          "memory).", flush=True)
     if emulator.runtime:
         print(f"# Endpoints run the local inference server; their logs and model caches are in {emulator.work_dir}.",
               flush=True)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # SIGTERM always works: a background job of a non-interactive shell starts with SIGINT ignored
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
-        print("Emulator stopped.", file=sys.stderr)
+        pass
     finally:
         emulator.stop()
+    print("Emulator stopped.", file=sys.stderr)
     return 0

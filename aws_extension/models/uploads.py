@@ -116,6 +116,8 @@ def upload_file(aws: Aws, t: ModelType, path: Path, item: Optional[str] = None,
     name = check_file_name(path.name, item)
     try:
         size = path.stat().st_size
+        if size == 0:  # as URL and browser uploads refuse it: no model is empty, it is a failed copy
+            raise Refused(f"{item}: the file is empty; nothing was uploaded.")
         same = already_there(aws, t.key(name), path, size, progress, item)
         if same:
             if progress:

@@ -21,7 +21,9 @@ METADATA_NETS = [ipaddress.ip_network(n) for n in (
 THIS_NET = ipaddress.ip_network("0.0.0.0/8")
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
-PRIVATE_HINT = " (allow private URLs in the settings to download from your own network)"
+# the same refusal reaches the CLI and the tab: name the switch of each
+PRIVATE_HINT = (" (to download from your own network: `--allow-private` on the command line; in the WebUI, Settings → "
+                "Amazon SageMaker → \"Allow model downloads from loopback and private network addresses\")")
 
 
 # -- what a URL may reach ------------------------------------------------------------------------------
@@ -34,7 +36,12 @@ def redact_url(url: str) -> str:
     except ValueError:  # unparsable: keep what comes before a query, drop credentials
         return re.sub(r"//[^/@]*@", "//", re.split(r"[?#]", text, maxsplit=1)[0])
     host = f"[{host}]" if ":" in host else host
-    shown = f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}" if parts.netloc else parts.path
+    if parts.netloc:
+        shown = f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}"
+    elif parts.scheme:  # file:///etc/passwd: the scheme is what the message is about
+        shown = f"{parts.scheme}:{'//' if text[len(parts.scheme) + 1:].startswith('//') else ''}{parts.path}"
+    else:
+        shown = parts.path
     return shown + ("?..." if parts.query else "")
 
 

@@ -84,6 +84,11 @@ class Models(BaseModel):
     embeddings: List[str] = []
 
 
+# The sampler the WebUI's txt2img/img2img forms start with (its API's own default, for a payload without one, is Euler):
+# the tab and the CLI start there too.
+FORM_SAMPLER = "DPM++ 2M"
+
+
 class GenerationRequest(BaseModel):
     task: str
     models: Models

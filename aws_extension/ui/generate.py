@@ -48,7 +48,7 @@ def build(ctx: TabContext) -> None:
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="sagemaker-gen-prompt")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="sagemaker-gen-negative")
     with gr.Row():
-        sampler = gr.Dropdown(SAMPLERS, value="DPM++ 2M", label="Sampling method", elem_id="sagemaker-gen-sampler")
+        sampler = gr.Dropdown(SAMPLERS, value=request.FORM_SAMPLER, label="Sampling method", elem_id="sagemaker-gen-sampler")
         schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule type", elem_id="sagemaker-gen-schedule")
         steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="sagemaker-gen-steps")
         cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="sagemaker-gen-cfg")

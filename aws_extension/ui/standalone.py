@@ -54,6 +54,19 @@ def build_app(ctx: TabContext):
     return demo
 
 
+def launch(demo, host: str, port: int, auth=None):
+    """Serve the Blocks without blocking: (FastAPI app, URL). No public API: the queue's api_open decides both the
+    REST routes and the footer's "Use via API" link."""
+    # several jobs at once: a generation waiting for an endpoint to scale up must not hold every other click
+    try:
+        demo.queue(concurrency_count=4, api_open=False)  # gradio 3.x
+    except TypeError:
+        demo.queue(default_concurrency_limit=4, api_open=False)  # gradio 4.x
+    app, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, auth=auth,
+                              show_api=False, quiet=True)
+    return app, url
+
+
 def serve(host: str = "127.0.0.1", port: int = 7861, models_dirs: Optional[List[str]] = None,
           allow_private_urls: bool = False, local: bool = False, settings: Optional[dict] = None,
           auth: Optional[tuple] = None, block: bool = True):
@@ -74,13 +87,7 @@ def serve(host: str = "127.0.0.1", port: int = 7861, models_dirs: Optional[List[
     from .routes import add_routes
 
     demo = build_app(ctx)
-    # several jobs at once: a generation waiting for an endpoint to scale up must not hold every other click
-    try:
-        demo.queue(concurrency_count=4)  # gradio 3.x
-    except TypeError:
-        demo.queue(default_concurrency_limit=4)  # gradio 4.x
-    app, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, auth=auth,
-                              show_api=False, quiet=True)
+    app, url = launch(demo, host, port, auth)
     add_routes(app, ctx)
     reconcile_in_background(ctx)
     logging.getLogger(__name__).info("Amazon SageMaker tab on %s", url)
