@@ -16,6 +16,7 @@ import time
 from typing import Callable, List, Optional
 
 from .errors import NotFound, UserError
+from .text import size_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -57,7 +58,7 @@ class Cli:
             return
         self._last_progress = now
         pct = f"{100 * p.done / p.total:5.1f}%" if p.total else "     "
-        line = f"{p.state:<11} {pct} {p.done / 1e6:10.1f} MB  {p.item}"
+        line = f"{p.state:<11} {pct} {size_text(p.done):>10}  {p.item}"
         sys.stderr.write("\r\033[K" + line[:150] + ("\n" if final else ""))
         sys.stderr.flush()
 
@@ -68,9 +69,9 @@ class Cli:
         for r in results:
             if r.ok:
                 if not self.json:
-                    print(f"{r.status}: {r.item} -> {self.aws.s3_uri(r.key)} ({r.size} bytes, sha256 {r.sha256})")
+                    print(f"{r.status}: {r.item} -> {self.aws.s3_uri(r.key)} ({size_text(r.size)}, sha256 {r.sha256})")
             else:
-                error(r.error if r.error.startswith(r.item) else f"{r.item}: {r.error}")
+                error(f"{r.item}: {r.reason}")
         return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
     def watch_ctrl_c(self, stopping: str = "Stopping after the parts in flight") -> None:
@@ -101,10 +102,6 @@ def table(rows: List[List[str]], header: List[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = [header] + rows
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def megabytes(size: Optional[int]) -> str:
-    return "" if size is None else f"{size / 1e6:.1f} MB"
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -153,7 +150,7 @@ def cmd_models_list(cli: Cli) -> int:
     from .models.catalog import list_models
 
     models = list_models(cli.aws, cli.args.type)
-    cli.out(models, lambda ms: table([[m.type, m.name, megabytes(m.size), m.last_modified] for m in ms],
+    cli.out(models, lambda ms: table([[m.type, m.name, size_text(m.size), m.last_modified] for m in ms],
                                      ["TYPE", "NAME", "SIZE", "UPLOADED"]))
     return EXIT_OK
 
@@ -225,7 +222,8 @@ def cmd_endpoints_delete(cli: Cli) -> int:
     from .endpoints import delete_endpoint
 
     delete_endpoint(cli.aws, cli.args.name)
-    cli.out({"deleted": cli.args.name}, lambda d: "Endpoint delete completed")
+    cli.out({"deleted": cli.args.name}, lambda d: f"Endpoint delete completed: {d['deleted']}, with its config, model "
+                                                  f"and autoscaling")
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import gradio as gr
+from fastapi.exceptions import HTTPException  # the WebUI's API prints no traceback for these
 from modules import images, processing, scripts, shared
 from PIL import Image
 
@@ -54,14 +55,18 @@ def ui_strings() -> List[str]:
     return [TITLE, *LABELS, NO_VAE, NO_ENDPOINTS, NO_CHECKPOINTS, SLOW, INTERRUPTED_EARLY]
 
 
-class SageMakerError(RuntimeError):
+class SageMakerError(HTTPException):
     """A UserError as the WebUI reports a failed script: the UI's error box shows its text; the API answers
-    its status_code with the text in "detail" and "errors"."""
+    its status_code with the text in "detail" and "errors". An HTTPException, because the WebUI's API (A1111 and
+    Forge) prints a whole traceback with locals for any other exception: a refusal is the user's to fix, not a bug."""
 
     def __init__(self, error: UserError):
-        super().__init__(str(error))
-        self.detail = str(error)
-        self.status_code = 400 if isinstance(error, Refused) else 404 if isinstance(error, NotFound) else 500
+        status = 400 if isinstance(error, Refused) else 404 if isinstance(error, NotFound) else 500
+        super().__init__(status_code=status, detail=str(error))
+        self.args = (str(error),)
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 # -- lists ----------------------------------------------------------------------------------------------------------
@@ -364,4 +369,5 @@ class SageMakerScript(scripts.Script):
         try:
             return generate(p, endpoint, checkpoint, vae)
         except UserError as exc:
+            log.warning("Amazon SageMaker: %s", exc)  # one line in the console; the API answers with the text
             raise SageMakerError(exc) from None

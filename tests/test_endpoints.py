@@ -446,3 +446,11 @@ def test_cleanup_finds_policies_whose_target_is_gone(aws, raw):
     assert [(o.kind, o.name) for o in orphans] == [("scaling-policy", f"{rid}/gone-3-invocations")]
     remove_orphans(aws, orphans)
     assert inventory(raw) == EMPTY
+
+
+def test_the_emulator_refuses_an_instance_type_aws_has_not(aws, raw):
+    """As AWS does at CreateEndpointConfig (botocore's list of hosting types), and the deploy leaves nothing."""
+    with pytest.raises(UserError, match="ml.nonexistent.huge"):
+        endpoints.deploy(aws, EndpointSpec(name="huge", instance_type="ml.nonexistent.huge"), background=False)
+    assert inventory(raw) == EMPTY
+    endpoints.deploy(aws, EndpointSpec(name="real", instance_type="ml.g6e.xlarge"), background=False)  # a new type

@@ -432,7 +432,7 @@ def test_dataset_create_browse_delete(tab, aws, tmp_path):
     choose(tab, "sagemaker-datasets", "pets-v1")
     wait_value(tab, "sagemaker-dataset-location", f"s3://{aws.bucket}/datasets/pets-v1/")
     about = wait_value(tab, "sagemaker-dataset-about", "my pets, for a LoRA")
-    assert "2 images, 1 captions" in about
+    assert "2 images, 1 caption, 242 bytes" in about  # not "1 captions, 0.0 MB"
     gallery = tab.locator("#sagemaker-dataset-preview").last
     expect(gallery.locator("img")).to_have_count(2)
     assert "X-Amz-Signature" not in tab.content()

@@ -237,12 +237,18 @@ def test_the_prompt_styles_and_the_clip_skip_override(script, endpoint, monkeypa
 
 
 # -- errors, progress, interrupt ------------------------------------------------------------------------------------
-def test_missing_choices_and_models_are_clear_messages(script, endpoint):
+def test_missing_choices_and_models_are_clear_messages(script, endpoint, caplog):
     name, stand_in = endpoint
     errors = script_module_of(script).SageMakerError
-    with pytest.raises(errors) as caught:
+    with pytest.raises(errors) as caught, caplog.at_level("WARNING"):
         script.run(txt2img(), None, "sd15", None)
+    [logged] = [r for r in caplog.records if "Choose an endpoint" in r.getMessage()]
+    assert logged.exc_info is None  # one line in the console, no traceback
     assert caught.value.status_code == 400 and "Choose an endpoint" in str(caught.value)
+    # the WebUI's API handler (A1111 1.10 and Forge) prints a traceback with locals unless it is an HTTPException
+    from fastapi.exceptions import HTTPException
+
+    assert isinstance(caught.value, HTTPException) and caught.value.detail == str(caught.value)
     assert "script_args are [endpoint, checkpoint, VAE]" in caught.value.detail
     with pytest.raises(errors, match="Choose a cloud checkpoint"):
         script.run(txt2img(), name, "", None)

@@ -45,11 +45,19 @@ def _patch_moto() -> None:
 
         local_runtime.patch_moto(lambda: _state["runtime"])
 
-        def accept_ml_types(self, instance_type: str) -> None:
-            if not str(instance_type).startswith("ml."):
-                raise sm.ValidationError(message=f"Value '{instance_type}' at 'instanceType' failed to satisfy constraint")
+        # moto's own list of instance types is old (no ml.g5); AWS's is the enum in botocore's service model
+        import botocore.session
 
-        sm.FakeEndpointConfig.validate_instance_type = accept_ml_types
+        hosting_types = set(botocore.session.get_session().get_service_model("sagemaker")
+                            .shape_for("ProductionVariantInstanceType").enum)
+
+        def accept_hosting_types(self, instance_type: str) -> None:
+            if instance_type not in hosting_types:
+                raise sm.ValidationError(message=f"1 validation error detected: Value '{instance_type}' at "
+                                                 f"'productionVariants.1.member.instanceType' failed to satisfy "
+                                                 f"constraint: Member must satisfy enum value set")
+
+        sm.FakeEndpointConfig.validate_instance_type = accept_hosting_types
 
         backend = sm.SageMakerModelBackend
         original_create = backend.create_endpoint

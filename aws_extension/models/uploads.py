@@ -33,6 +33,12 @@ class UploadResult(BaseModel):
     def ok(self) -> bool:
         return self.status in ("uploaded", "resumed", "skipped")
 
+    @property
+    def reason(self) -> str:
+        """The error without the item it names first: lines read "item: failed: reason", not the item twice."""
+        error = self.error or ""
+        return error[len(self.item) + 2:] if error.startswith(f"{self.item}: ") else error
+
 
 def failed(item: str, t: ModelType, exc: UserError) -> UploadResult:
     status = "interrupted" if isinstance(exc, Interrupted) else "failed"

@@ -14,6 +14,7 @@ import gradio as gr
 from ..aws import Aws
 from ..config import Settings
 from ..errors import UserError
+from ..text import size_text
 
 log = logging.getLogger("sd_webui_sagemaker")
 
@@ -121,7 +122,7 @@ def progress_lines(state: dict) -> str:
     lines = []
     for p in state.values():
         pct = f"{100 * p.done / p.total:.0f}%" if p.total else ""
-        lines.append(f"{p.item}: {p.state} {pct} ({p.done / 1e6:.1f} MB)".replace("  ", " "))
+        lines.append(f"{p.item}: {p.state} {pct} ({size_text(p.done)})".replace("  ", " "))
     return "\n".join(lines)
 
 
@@ -130,9 +131,9 @@ def result_lines(results) -> str:
     lines = []
     for r in results:
         if r.ok:
-            lines.append(f"{r.item}: {r.status}, {r.size / 1e6:.1f} MB, sha256 {r.sha256}")
+            lines.append(f"{r.item}: {r.status}, {size_text(r.size)}, sha256 {r.sha256}")
         else:
-            lines.append(f"{r.item}: {r.status}: {r.error}")
+            lines.append(f"{r.item}: {r.status}: {r.reason}")
     return "\n".join(lines) or "Nothing to upload."
 
 

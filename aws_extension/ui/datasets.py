@@ -7,6 +7,7 @@ import io
 import gradio as gr
 
 from ..datasets import create_dataset, delete_dataset, list_datasets, read_file, show_dataset
+from ..text import count_text, size_text
 from .context import TabContext, choice_update, handled, message
 
 PREVIEW_IMAGES = 12
@@ -63,7 +64,8 @@ def browse(ctx: TabContext) -> None:
             return "", gr.update(), []
         try:
             dataset = show_dataset(ctx.aws(), name)
-            files = f"{dataset.image_count} images, {dataset.caption_count} captions, {dataset.total_size / 1e6:.1f} MB"
+            files = (f"{count_text(dataset.image_count, 'image')}, {count_text(dataset.caption_count, 'caption')}, "
+                     f"{size_text(dataset.total_size)}")
             return dataset.s3_uri, f"{dataset.description}\n({files}, created {dataset.created})".strip(), \
                 preview(ctx, dataset)
         except Exception as exc:  # noqa: BLE001

@@ -97,12 +97,13 @@ def management(ctx: TabContext) -> None:
         if choice not in names:
             return gr.update(), "Choose an endpoint first."
         try:
-            delete_endpoint(ctx.aws(), names.pop(choice))
+            name = names.pop(choice)
+            delete_endpoint(ctx.aws(), name)
         except Exception as exc:  # noqa: BLE001
             return gr.update(), message(exc)
         listing()  # refreshes `names`; if that fails, the list is still right less this endpoint
         # nothing chosen afterwards, so a second click cannot delete another endpoint
-        return gr.update(choices=list(names), value=None), "Endpoint delete completed"
+        return gr.update(choices=list(names), value=None), f"Endpoint delete completed: {name}"
 
     refresh.click(lambda choice: listing(names.get(choice)), endpoints, [endpoints, output])
     delete.click(remove, endpoints, [endpoints, output])

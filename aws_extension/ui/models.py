@@ -10,6 +10,7 @@ from ..models.catalog import delete_model, list_models, show_model
 from ..models.types import MODEL_TYPES, model_type
 from ..models.uploads import upload_paths
 from ..models.urls import upload_urls
+from ..text import size_text
 from .context import (TabContext, choice_update, handled, js, message, progress_lines, result_lines,
                       run_with_progress)
 
@@ -81,7 +82,7 @@ def from_url(ctx: TabContext) -> None:
 
 
 def model_choice(m) -> str:
-    return f"{m.name} ({model_type(m.type).label}, {m.size / 1e6:.1f} MB, {m.last_modified})"
+    return f"{m.name} ({model_type(m.type).label}, {size_text(m.size)}, {m.last_modified})"
 
 
 def cloud_models(ctx: TabContext) -> None:
