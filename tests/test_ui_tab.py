@@ -349,6 +349,28 @@ def test_deploy_defaults_list_autoscaling_delete(tab, aws, emulator, fast_endpoi
     assert cloud_inventory(aws.client) == NOTHING
 
 
+def test_deploy_form_says_what_it_makes_and_locks_what_it_would_ignore(tab):
+    # the defaults line names the type, the price while running and the scaling (from the core's own defaults)
+    tab.get_by_text("Defaults: Async, ml.g5.2xlarge (~$1.52/h while an instance runs), autoscaling 0–1 instances: "
+                    "it scales to zero when idle.").wait_for()
+    # result boxes say what they show
+    for elem_id, label in (("sagemaker-deploy-result", "Deploy result"), ("sagemaker-endpoint-result", "Endpoint result"),
+                           ("sagemaker-webui-result", "Upload result"), ("sagemaker-url-result", "URL upload result"),
+                           ("sagemaker-dataset-result", "Dataset result")):
+        assert tab.locator(f"#{elem_id} label").first.inner_text().strip() == label
+    tab.locator("#sagemaker-advanced label").click()
+    boxes = [tab.locator("#sagemaker-min-instances input"), tab.locator("#sagemaker-max-instances input")]
+    expect(boxes[1]).to_be_visible()
+    assert tab.locator("#sagemaker-autoscaling label").bounding_box()["y"] < boxes[0].bounding_box()["y"] < \
+        boxes[1].bounding_box()["y"]  # the switch, then min, then max
+    tab.locator("#sagemaker-autoscaling label").click()  # off: one instance, min and max would be ignored
+    for box in boxes:
+        expect(box).to_be_disabled()
+    tab.locator("#sagemaker-autoscaling label").click()
+    for box in boxes:
+        expect(box).to_be_enabled()
+
+
 # -- 6. deploy with the advanced configuration -------------------------------------------------------------------
 def test_deploy_advanced_configuration(tab, aws, fast_endpoints):
     aws.client("s3").put_object(Bucket=aws.bucket, Key="models/Stable-diffusion/sd15.safetensors", Body=b"x" * 10)

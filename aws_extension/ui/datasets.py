@@ -23,7 +23,7 @@ def create(ctx: TabContext) -> None:
     name = gr.Textbox(label="Dataset Name", elem_id="sagemaker-dataset-name")
     description = gr.Textbox(label="Dataset Description", lines=2, elem_id="sagemaker-dataset-description")
     button = gr.Button("Create Dataset", variant="primary", elem_id="sagemaker-dataset-create")
-    output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-dataset-result")
+    output = gr.Textbox(label="Dataset result", interactive=False, elem_id="sagemaker-dataset-result")
 
     @handled
     def run(files, name, description):

@@ -28,22 +28,32 @@ def endpoint_choice(e) -> str:
     return text
 
 
+def defaults_text() -> str:
+    """What Deploy without the advanced panel makes, from the core's own defaults, with its price while running."""
+    spec = EndpointSpec()
+    return (f"Defaults: {spec.endpoint_type.capitalize()}, {spec.instance_type} ({hourly_cost(spec.instance_type)} "
+            f"while an instance runs), autoscaling {spec.min_instances}–{spec.max_instances} instances: it scales to "
+            f"zero when idle.")
+
+
 def deploy_form(ctx: TabContext) -> None:
-    gr.Markdown("#### Deploy New SageMaker Endpoint\nDefaults: ml.g5.2xlarge, 1 instance, autoscaling on.")
+    gr.Markdown(f"#### Deploy New SageMaker Endpoint\n{defaults_text()}")
     advanced = gr.Checkbox(False, label="Advanced Endpoint Configuration", elem_id="sagemaker-advanced")
     with gr.Column(visible=False) as panel:
         name = gr.Textbox(label="Endpoint Name (Optional)", elem_id="sagemaker-endpoint-name")
         kind = gr.Radio(["Async", "Real-time"], value="Async", label="Endpoint Type", elem_id="sagemaker-endpoint-type")
         instance = gr.Dropdown(INSTANCE_TYPES, value="ml.g5.2xlarge", label="Instance Type",
                                elem_id="sagemaker-instance-type")
-        most = gr.Dropdown(COUNTS[1:], value="1", label="Max Instance Number", elem_id="sagemaker-max-instances")
         scaling = gr.Checkbox(True, label="Enable Autoscaling", elem_id="sagemaker-autoscaling")
         fewest = gr.Dropdown(COUNTS, value="0", label="Min Instance Number", elem_id="sagemaker-min-instances")
+        most = gr.Dropdown(COUNTS[1:], value="1", label="Max Instance Number", elem_id="sagemaker-max-instances")
+        # without autoscaling the endpoint keeps its one instance: min and max would be ignored, so they are locked
+        scaling.change(lambda on: (gr.update(interactive=on), gr.update(interactive=on)), scaling, [fewest, most])
         preload = gr.Dropdown([NO_PRELOAD], value=NO_PRELOAD, label="Checkpoint to preload",
                               info="Loaded before the endpoint takes requests, so the first one is not slowed by it.",
                               elem_id="sagemaker-preload-checkpoint")
     button = gr.Button("Deploy", variant="primary", elem_id="sagemaker-deploy")
-    output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-deploy-result")
+    output = gr.Textbox(label="Deploy result", interactive=False, elem_id="sagemaker-deploy-result")
 
     @handled
     def start(use_advanced, name, kind, instance, most, scaling, fewest, checkpoint):
@@ -80,7 +90,7 @@ def management(ctx: TabContext) -> None:
         endpoints = gr.Dropdown([], label="Inference Endpoint Management", elem_id="sagemaker-endpoints")
         refresh = gr.Button("Refresh", elem_id="sagemaker-endpoints-refresh", scale=0)
     delete = gr.Button("Delete", variant="stop", elem_id="sagemaker-endpoint-delete")
-    output = gr.Textbox(label="Label", interactive=False, elem_id="sagemaker-endpoint-result")
+    output = gr.Textbox(label="Endpoint result", interactive=False, elem_id="sagemaker-endpoint-result")
     names: dict = {}
 
     def listing(keep=None):

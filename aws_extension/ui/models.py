@@ -33,7 +33,7 @@ def from_webui(ctx: TabContext) -> None:
     boxes = [gr.Textbox(label=t.label, lines=2, placeholder="one path per line", elem_id=f"sagemaker-path-{t.id}")
              for t in MODEL_TYPES]
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-webui-upload")
-    output = gr.Textbox(label="Label", lines=4, interactive=False, elem_id="sagemaker-webui-result")
+    output = gr.Textbox(label="Upload result", lines=4, interactive=False, elem_id="sagemaker-webui-result")
 
     def upload(*texts):
         jobs = [(t, split_paths(text)) for t, text in zip(MODEL_TYPES, texts) if split_paths(text)]
@@ -68,7 +68,7 @@ def from_url(ctx: TabContext) -> None:
     description = gr.Textbox(label="Models Description (Optional)", lines=2, placeholder='{"author": "..."}',
                              elem_id="sagemaker-url-description")
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-url-upload")
-    output = gr.Textbox(label="Label", lines=4, interactive=False, elem_id="sagemaker-url-result")
+    output = gr.Textbox(label="URL upload result", lines=4, interactive=False, elem_id="sagemaker-url-result")
 
     def upload(kind_label, url_text, description_text):
         def work(progress, cancel):
