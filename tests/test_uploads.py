@@ -196,6 +196,24 @@ def test_paths_outside_allowed_roots_are_refused(aws, tmp_path):
         "models/Lora/ok.safetensors", "models/Lora/ok.safetensors.json"]
 
 
+def test_a_bare_name_is_found_in_the_model_folders_not_the_working_folder(tmp_path, monkeypatch):
+    checkpoints, loras = tmp_path / "models" / "Stable-diffusion", tmp_path / "models" / "Lora"
+    for folder in (checkpoints, loras):
+        folder.mkdir(parents=True)
+    (loras / "style.safetensors").write_bytes(b"s")
+    elsewhere = tmp_path / "started-here"
+    elsewhere.mkdir()
+    (elsewhere / "style.safetensors").write_bytes(b"not this one")
+    monkeypatch.chdir(elsewhere)  # the folder the WebUI was started from
+    [(item, found)] = expand_paths(["style.safetensors"], [str(checkpoints), str(loras)])
+    assert (item, found) == ("style.safetensors", (loras / "style.safetensors").resolve())
+    [(item, refused)] = expand_paths(["nowhere.safetensors"], [str(checkpoints), str(loras)])
+    assert str(refused) == f"nowhere.safetensors: not found in the model folders ({checkpoints}, {loras})."
+    # ../ cannot climb out of them
+    [(_, climbed)] = expand_paths(["../../started-here/style.safetensors"], [str(loras)])
+    assert "outside the allowed model folders" in str(climbed)
+
+
 def test_a_directory_means_the_model_files_directly_inside(tmp_path):
     (tmp_path / "a.safetensors").write_bytes(b"a")
     (tmp_path / "b.ckpt").write_bytes(b"b")

@@ -252,6 +252,20 @@ def test_metadata_refused_even_when_private_allowed(aws, site):
     assert [p for p, _ in site.requests] == ["/meta/x"]
 
 
+def test_the_same_url_again_is_skipped_when_the_server_vouches_for_the_file(aws, site):
+    url = site.url("/f/small.safetensors?token=T")
+    [first] = upload(aws, url)
+    assert first.status == "uploaded"
+    site.requests.clear()
+    [again] = upload(aws, url)  # same URL, same strong ETag, same size: the cloud has it
+    assert (again.status, again.sha256, again.size) == ("skipped", first.sha256, len(SMALL))
+    assert len(site.requests) == 1  # one GET, its body left unread
+    # a file with no ETag proves nothing: it is fetched again
+    [chunked] = upload(aws, site.url("/chunked/small.safetensors"))
+    assert chunked.status == "uploaded"
+    assert upload(aws, site.url("/chunked/small.safetensors"))[0].status == "uploaded"
+
+
 def test_only_http_and_https(aws, site):
     [result] = upload(aws, "ftp://127.0.0.1/model.safetensors")
     assert result.status == "failed" and "only http:// and https://" in result.error

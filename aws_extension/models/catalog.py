@@ -23,6 +23,8 @@ class ModelRecord(BaseModel):
     size: int
     sha256: Optional[str] = None
     source: str = ""
+    # a URL's strong ETag when it was fetched: the same URL, ETag and size again is the same file, not sent twice
+    source_etag: Optional[str] = None
     description: Optional[dict] = None
     uploaded_at: str = ""
 
@@ -105,6 +107,15 @@ def recorded_sha256(aws: Aws, key: str, size: int) -> Optional[str]:
         return None
     record = read_record(aws, key)
     return record.sha256 if record else None
+
+
+def same_source(aws: Aws, key: str, source: str, etag: str, size: int) -> Optional[ModelRecord]:
+    """The record of the model at `key` when it came from this source with this ETag and has this size (else None)."""
+    head = head_model(aws, key)
+    if not head or head["ContentLength"] != size:
+        return None
+    record = read_record(aws, key)
+    return record if record and (record.source, record.source_etag, record.size) == (source, etag, size) else None
 
 
 def show_model(aws: Aws, type_name: str, name: str) -> CloudModel:

@@ -47,13 +47,14 @@ def failed(item: str, t: ModelType, exc: UserError) -> UploadResult:
 
 def store_model(aws: Aws, t: ModelType, name: str, item: str, chunks: Iterable[bytes], total: Optional[int],
                 part_size: int, source: str, description: Optional[dict] = None,
-                progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> UploadResult:
+                progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                source_etag: Optional[str] = None) -> UploadResult:
     """Write the model and then its record; the record last, so a listed record means a whole model."""
     writer = ObjectWriter(aws, t.key(name), item, progress, cancel)
     sent = writer.write(chunks, total, part_size)
     write_record(aws, ModelRecord(
         type=t.id, name=name, key=sent.key, size=sent.size, sha256=sent.sha256, source=source,
-        description=description, uploaded_at=now_iso(),
+        source_etag=source_etag, description=description, uploaded_at=now_iso(),
     ))
     if progress:
         progress(Progress(item, sent.size, sent.size, "done"))
@@ -76,7 +77,15 @@ def expand_paths(paths: Iterable[str], allowed_roots: Sequence[str] = ()) -> Lis
         typed = raw.strip()
         if not typed:
             continue
-        path = Path(typed).expanduser().resolve()
+        path = Path(typed).expanduser()
+        if roots and not path.is_absolute():
+            # a bare name means a file in the model folders, not in whatever folder the WebUI was started from
+            path = next((root / path for root in roots if (root / path).exists()), roots[0] / path)
+            if not path.exists():
+                out.append((typed, Refused(f"{typed}: not found in the model folders "
+                                           f"({', '.join(map(str, roots))}).")))
+                continue
+        path = path.resolve()
         if roots and not within(path, roots):
             out.append((typed, Refused(f"{typed}: outside the allowed model folders ({', '.join(map(str, roots))}).")))
         elif path.is_dir():

@@ -21,6 +21,7 @@ from urllib3 import exceptions as ue
 
 from ..aws import Aws
 from ..errors import Interrupted, Refused, TransferError, UserError
+from .catalog import same_source
 from .url_safety import redact_url, resolve_host
 from .transfer import Progress, ProgressFn, part_size_for, read_chunks
 from .types import ModelType, check_file_name, model_type
@@ -255,6 +256,15 @@ def upload_url(aws: Aws, t: ModelType, url: str, description: Optional[dict] = N
         length = resp.headers.get("Content-Length", "")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         total = int(length) if length.isdigit() and not encoded else None
+        etag = resp.headers.get("ETag", "")
+        strong = etag if etag and not etag.startswith("W/") and not encoded else None
+        if strong and total is not None:  # the server vouches it is the same file: nothing to send again
+            same = same_source(aws, t.key(name), item, strong, total)
+            if same:
+                if progress:
+                    progress(Progress(item, total, total, "skipped"))
+                return UploadResult(item=item, type=t.id, status="skipped", name=name, key=same.key, size=total,
+                                    sha256=same.sha256)
         down.start_body(total, encoded)
         first = down.read(PEEK)
         if not first:
@@ -267,7 +277,7 @@ def upload_url(aws: Aws, t: ModelType, url: str, description: Optional[dict] = N
             progress(Progress(item, 0, total))
         # a generator: the writer reads the next part from the network while earlier parts upload
         return store_model(aws, t, name, item, read_chunks(down, part_size), total, part_size, source=item,
-                           description=description, progress=progress, cancel=cancel)
+                           description=description, progress=progress, cancel=cancel, source_etag=strong)
     finally:
         down.close()
 
