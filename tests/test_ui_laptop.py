@@ -91,7 +91,11 @@ def test_hashes_in_the_page_match_python(laptop):
 def test_two_files_land_identical_with_their_sha256(laptop, aws, tmp_path):
     big = model_file(tmp_path / "big.safetensors", 2 * PART + 3_000_000)  # three parts: 8 MiB, 8 MiB, 3 MB
     small = model_file(tmp_path / "small.pt", 100_000)
+    errors = []
+    laptop.on("pageerror", lambda exc: errors.append(str(exc)))
+    laptop.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     rows = upload(laptop, [tmp_path / "big.safetensors", tmp_path / "small.pt"])
+    assert errors == []  # the click itself raises nothing in the page
     assert rows[0] == f"big.safetensors: done (sha256 {sha(big)})", rows
     assert rows[1] == f"small.pt: done (sha256 {sha(small)})", rows
     for name, data in (("big.safetensors", big), ("small.pt", small)):

@@ -59,7 +59,8 @@ def from_laptop() -> None:
     gr.HTML(LAPTOP_PICKER)
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-laptop-upload")
     # The browser sends the bytes straight to S3 (javascript/sagemaker_uploader.js); the server only presigns.
-    button.click(None, [kind], None, **js("(kind) => { sagemakerUploadFromLaptop(kind); return [kind]; }"))
+    # the browser code returns nothing: the event has no outputs, and a value for one makes gradio's page fail
+    button.click(None, [kind], None, **js("(kind) => { sagemakerUploadFromLaptop(kind); return []; }"))
 
 
 def from_url(ctx: TabContext) -> None:
