@@ -457,6 +457,11 @@ def test_dataset_create_browse_delete(tab, aws, tmp_path):
     assert "2 images, 1 caption, 242 bytes" in about  # not "1 captions, 0.0 MB"
     gallery = tab.locator("#sagemaker-dataset-preview").last
     expect(gallery.locator("img")).to_have_count(2)
+    # each image with the caption a trainer reads beside it, at its own size (48x32 is not blown up to the cell)
+    expect(gallery).to_contain_text("cat.png: a red cat, sitting")
+    expect(gallery).to_contain_text("dog.png (no caption)")
+    assert set(gallery.locator("img").evaluate_all("els => els.map(e => getComputedStyle(e).objectFit)")) == \
+        {"scale-down"}
     assert "X-Amz-Signature" not in tab.content()
     assert "X-Amz-Signature" not in json.dumps(gallery.locator("img").evaluate_all("els => els.map(e => e.src)"))
 

@@ -34,13 +34,23 @@ def create(ctx: TabContext) -> None:
     button.click(run, [files, name, description], output)
 
 
+CAPTION_CHARS = 200  # of each caption, under its image
+
+
 def preview(ctx: TabContext, dataset) -> list:
-    """The first images, fetched here so that no presigned URL reaches the page."""
+    """The first images with their captions (what a trainer reads beside them), fetched here so that no presigned
+    URL reaches the page."""
     from PIL import Image
 
     aws = ctx.aws()
-    shown = [f for f in dataset.files if f.kind == "image"][:PREVIEW_IMAGES]
-    return [(Image.open(io.BytesIO(read_file(aws, dataset.name, f.name))), f.name) for f in shown]
+    captions = {f.name.rsplit(".", 1)[0]: f.name for f in dataset.files if f.kind == "caption"}
+    shown = []
+    for f in [f for f in dataset.files if f.kind == "image"][:PREVIEW_IMAGES]:
+        caption = captions.get(f.name.rsplit(".", 1)[0])
+        text = read_file(aws, dataset.name, caption).decode("utf-8", "replace").strip() if caption else ""
+        shown.append((Image.open(io.BytesIO(read_file(aws, dataset.name, f.name))),
+                      f"{f.name}: {text[:CAPTION_CHARS]}" if text else f"{f.name} (no caption)"))
+    return shown
 
 
 def browse(ctx: TabContext) -> None:
@@ -49,7 +59,8 @@ def browse(ctx: TabContext) -> None:
         refresh = gr.Button("Refresh", elem_id="sagemaker-datasets-refresh", scale=0)
     location = gr.Textbox(label="dataset s3 location", interactive=False, elem_id="sagemaker-dataset-location")
     about = gr.Textbox(label="Dataset Description", interactive=False, elem_id="sagemaker-dataset-about")
-    gallery = gr.Gallery(label="Preview", elem_id="sagemaker-dataset-preview")
+    # scale-down: a 64x64 training image is shown at its size, not blown up to fill the cell
+    gallery = gr.Gallery(label="Preview", object_fit="scale-down", elem_id="sagemaker-dataset-preview")
     delete = gr.Button("Delete", variant="stop", elem_id="sagemaker-dataset-delete")
 
     def listing():
