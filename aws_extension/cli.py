@@ -16,7 +16,7 @@ import time
 from typing import Callable, List, Optional
 
 from .errors import NotFound, UserError
-from .text import size_text
+from .text import Pace, size_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -28,6 +28,7 @@ class Cli:
         self.cancel = threading.Event()
         self._aws = None
         self._last_progress = 0.0
+        self.pace = Pace()  # speed and time left of each transfer
 
     @property
     def aws(self):
@@ -58,7 +59,8 @@ class Cli:
             return
         self._last_progress = now
         pct = f"{100 * p.done / p.total:5.1f}%" if p.total else "     "
-        line = f"{p.state:<11} {pct} {size_text(p.done):>10}  {p.item}"
+        moving = self.pace.text(p.item, p.done, p.total) if p.state == "uploading" else ""
+        line = f"{p.state:<11} {pct} {size_text(p.done):>10}  {moving + '  ' if moving else ''}{p.item}"
         sys.stderr.write("\r\033[K" + line[:150] + ("\n" if final else ""))
         sys.stderr.flush()
 

@@ -23,3 +23,20 @@ def test_a_failure_names_its_item_once():
     small = UploadResult(item="tiny.pt", type="embedding", status="uploaded", size=1000, sha256="ab")
     assert result_lines([failed, small]).splitlines() == [
         "/etc/passwd: failed: is outside the WebUI's model folders.", "tiny.pt: uploaded, 1.0 KB, sha256 ab"]
+
+
+def test_a_moving_upload_says_its_speed_and_time_left():
+    from aws_extension.models.transfer import Progress
+    from aws_extension.text import Pace, duration_text
+    from aws_extension.ui.context import progress_lines
+
+    now = [100.0]
+    render = progress_lines(Pace(clock=lambda: now[0]))
+    total = 100_000_000
+    assert render({"big.ckpt": Progress("big.ckpt", 0, total)}) == "big.ckpt: uploading 0% (0 bytes)"
+    now[0] += 4  # 20 MB in 4 s: 5 MB/s, 80 MB to go
+    assert render({"big.ckpt": Progress("big.ckpt", 20_000_000, total)}) == \
+        "big.ckpt: uploading 20% (20.0 MB, 5.0 MB/s, 16 s left)"
+    assert render({"big.ckpt": Progress("big.ckpt", total, total, "done")}) == "big.ckpt: done 100% (100.0 MB)"
+    assert [duration_text(s) for s in (0.4, 59, 60, 185, 3600, 3725)] == [
+        "0 s", "59 s", "1 min", "3 min 5 s", "1 h", "1 h 2 min"]

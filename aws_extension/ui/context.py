@@ -14,7 +14,7 @@ import gradio as gr
 from ..aws import Aws
 from ..config import Settings
 from ..errors import UserError
-from ..text import size_text
+from ..text import Pace, size_text
 
 log = logging.getLogger("sd_webui_sagemaker")
 
@@ -118,12 +118,19 @@ def run_with_progress(work: Callable[[Callable, threading.Event], object], rende
         yield finish(outcome.get("result"))
 
 
-def progress_lines(state: dict) -> str:
-    lines = []
-    for p in state.values():
-        pct = f"{100 * p.done / p.total:.0f}%" if p.total else ""
-        lines.append(f"{p.item}: {p.state} {pct} ({size_text(p.done)})".replace("  ", " "))
-    return "\n".join(lines)
+def progress_lines(pace: Optional[Pace] = None) -> Callable[[dict], str]:
+    """A renderer for run_with_progress: a line per item, with its speed and time left while it moves."""
+    pace = pace or Pace()
+
+    def render(state: dict) -> str:
+        lines = []
+        for p in state.values():
+            pct = f"{100 * p.done / p.total:.0f}%" if p.total else ""
+            moving = pace.text(p.item, p.done, p.total) if p.state == "uploading" else ""
+            shown = f"{size_text(p.done)}, {moving}" if moving else size_text(p.done)
+            lines.append(f"{p.item}: {p.state} {pct} ({shown})".replace("  ", " "))
+        return "\n".join(lines)
+    return render
 
 
 def result_lines(results) -> str:

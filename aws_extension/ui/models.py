@@ -49,7 +49,7 @@ def from_webui(ctx: TabContext) -> None:
             aws = ctx.aws()
             return [r for t, paths in jobs for r in upload_paths(aws, t.id, paths, folders, progress, cancel)]
 
-        yield from run_with_progress(work, progress_lines, result_lines)
+        yield from run_with_progress(work, progress_lines(), result_lines)
 
     button.click(upload, boxes, output)
 
@@ -77,7 +77,7 @@ def from_url(ctx: TabContext) -> None:
             return upload_urls(aws, model_type(kind_label).id, url_text, description_text or None,
                                progress=progress, cancel=cancel)
 
-        yield from run_with_progress(work, progress_lines, result_lines)
+        yield from run_with_progress(work, progress_lines(), result_lines)
 
     button.click(upload, [kind, urls, description], output)
 
