@@ -118,16 +118,17 @@ def scalable_targets(aws, name: str) -> list:
 
 
 def refresh_until(page, elem_id: str, button: str, pattern: str, seconds: float = 20.0) -> str:
-    """Click Refresh until the dropdown shows `pattern` (the emulator flips Creating to InService by itself)."""
-    box = page.locator(f"#{elem_id} input")
+    """Click Refresh until one of the dropdown's choices shows `pattern` (the emulator flips Creating to InService
+    by itself); that choice. Refreshing chooses nothing by itself."""
     deadline = time.monotonic() + seconds
     while True:
         page.click(f"#{button}")
         wait_idle(page)
-        value = box.input_value()
-        if re.search(pattern, value):
-            return value
-        assert time.monotonic() < deadline, f"#{elem_id} never showed {pattern!r}; it shows {value!r}"
+        listed = options(page, elem_id)
+        found = [choice for choice in listed if re.search(pattern, choice)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"#{elem_id} never listed {pattern!r}; it lists {listed!r}"
         page.wait_for_timeout(250)  # the next poll, as a user would click again
 
 
@@ -281,17 +282,20 @@ def test_models_in_the_cloud_filter_show_delete(tab, aws, tmp_path, http_files):
     assert all(r.ok for r in upload_urls(aws, "lora", f"{base}/lora-b.safetensors", '{"author": "me"}',
                                          allow_private=True))
 
+    tab.reload()  # the list is filled as the page opens: no Refresh needed
+    tab.wait_for_selector("#sagemaker-connection")
     open_tab(tab, "Models in the Cloud")
     chosen = tab.locator("#sagemaker-cloud-models input")
-    tab.click("#sagemaker-cloud-refresh")
-    expect(chosen).to_have_value(re.compile(r"\.safetensors \("))  # the list came, its first model is chosen
-    wait_idle(tab)
+    wait_value(tab, "sagemaker-cloud-details", "3 model(s) in the cloud.")
     everything = options(tab, "sagemaker-cloud-models")
     assert sorted(c.split(" (")[0] for c in everything) == ["base.safetensors", "lora-a.safetensors",
                                                              "lora-b.safetensors"]
+    expect(chosen).to_have_value("")  # listed, nothing chosen: no Delete acts on what the user did not pick
+    tab.keyboard.press("Escape")
 
     choose(tab, "sagemaker-cloud-type", "LoRA")
-    expect(chosen).to_have_value(re.compile(r"^lora-.*\(LoRA, "))  # the type's own change event lists it once
+    wait_value(tab, "sagemaker-cloud-details", "2 model(s) in the cloud.")  # the type's own change event lists it
+    expect(chosen).to_have_value("")
     wait_idle(tab)
     tab.click("#sagemaker-cloud-refresh")
     wait_idle(tab)
@@ -307,6 +311,13 @@ def test_models_in_the_cloud_filter_show_delete(tab, aws, tmp_path, http_files):
     details = wait_value(tab, "sagemaker-cloud-details", f"sha256: {sum_a}")
     assert "description: (none)" in details
 
+    asked = []
+    tab.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))  # "no"
+    tab.click("#sagemaker-cloud-delete")
+    wait_value(tab, "sagemaker-cloud-details", "Not deleted.")
+    assert asked and asked[0].startswith("Delete lora-a.safetensors (LoRA, ") and "with its record?" in asked[0]
+    assert "models/Lora/lora-a.safetensors" in keys(aws, "models/Lora/")
+    tab.once("dialog", lambda dialog: dialog.accept())  # "yes"
     tab.click("#sagemaker-cloud-delete")
     wait_value(tab, "sagemaker-cloud-details", "Deleted lora-a.safetensors.")
     expect(chosen).to_have_value("")  # nothing chosen: a second click deletes nothing
@@ -334,7 +345,7 @@ def test_deploy_defaults_list_autoscaling_delete(tab, aws, emulator, fast_endpoi
     shown = refresh_until(tab, "sagemaker-endpoints", "sagemaker-endpoints-refresh", rf"^{name} \(InService, {stamp}\)")
     assert "ml.g5.2xlarge" in shown
     # a listing that sees it InService attaches the autoscaling (the flip can come just after that listing began)
-    refresh_until(tab, "sagemaker-endpoints", "sagemaker-endpoints-refresh", rf"^{name} \(InService, ")
+    shown = refresh_until(tab, "sagemaker-endpoints", "sagemaker-endpoints-refresh", rf"^{name} \(InService, ")
 
     config = aws.client("sagemaker").describe_endpoint_config(EndpointConfigName=name)
     variant = config["ProductionVariants"][0]
@@ -343,8 +354,13 @@ def test_deploy_defaults_list_autoscaling_delete(tab, aws, emulator, fast_endpoi
     targets = scalable_targets(aws, name)
     assert [(t["ScalableDimension"], t["MinCapacity"], t["MaxCapacity"]) for t in targets] == [(DIM, 0, 1)]
 
+    expect(tab.locator("#sagemaker-endpoints input")).to_have_value("")  # listed, but nothing chosen to delete
+    choose(tab, "sagemaker-endpoints", shown)
+    asked = []
+    tab.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     tab.click("#sagemaker-endpoint-delete")
-    wait_value(tab, "sagemaker-endpoint-result", "Endpoint delete completed")
+    wait_value(tab, "sagemaker-endpoint-result", f"Endpoint delete completed: {name}")
+    assert asked == [f"Delete endpoint {shown} and everything billable with it (its config, model and autoscaling)?"]
     expect(tab.locator("#sagemaker-endpoints input")).to_have_value("")
     assert cloud_inventory(aws.client) == NOTHING
 
@@ -449,8 +465,9 @@ def test_dataset_create_browse_delete(tab, aws, tmp_path):
     create_dataset(aws, "old-set", [str(files / "cat.png")], "made earlier")
     open_tab(tab, "Browse")
     tab.click("#sagemaker-datasets-refresh")
-    wait_value(tab, "sagemaker-dataset-about", "made earlier")  # the first one is shown at once
+    wait_value(tab, "sagemaker-dataset-about", "2 dataset(s).")
     assert options(tab, "sagemaker-datasets") == ["old-set", "pets-v1"]
+    expect(tab.locator("#sagemaker-datasets input")).to_have_value("")  # nothing chosen for a Delete
     choose(tab, "sagemaker-datasets", "pets-v1")
     wait_value(tab, "sagemaker-dataset-location", f"s3://{aws.bucket}/datasets/pets-v1/")
     about = wait_value(tab, "sagemaker-dataset-about", "my pets, for a LoRA")
@@ -465,6 +482,7 @@ def test_dataset_create_browse_delete(tab, aws, tmp_path):
     assert "X-Amz-Signature" not in tab.content()
     assert "X-Amz-Signature" not in json.dumps(gallery.locator("img").evaluate_all("els => els.map(e => e.src)"))
 
+    tab.once("dialog", lambda dialog: dialog.accept())  # "Delete dataset pets-v1 and all its files?"
     tab.click("#sagemaker-dataset-delete")
     wait_value(tab, "sagemaker-dataset-about", "Deleted dataset pets-v1.")
     expect(tab.locator("#sagemaker-datasets input")).to_have_value("")
@@ -477,6 +495,7 @@ def test_dataset_create_browse_delete(tab, aws, tmp_path):
     choose(tab, "sagemaker-datasets", "old-set")
     wait_value(tab, "sagemaker-dataset-location", "datasets/old-set/")
     delete_dataset(aws, "old-set")
+    tab.once("dialog", lambda dialog: dialog.accept())
     tab.click("#sagemaker-dataset-delete")
     wait_value(tab, "sagemaker-dataset-about", "Error: No dataset named 'old-set'")
 

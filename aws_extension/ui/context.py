@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -144,5 +145,18 @@ def result_lines(results) -> str:
     return "\n".join(lines) or "Nothing to upload."
 
 
-def choice_update(choices: list, value: Optional[str] = None):
-    return gr.update(choices=choices, value=value if value in choices else (choices[0] if choices else None))
+def choice_update(choices: list, value: Optional[str] = None, first: bool = True):
+    """New choices keeping `value` if still there; else the first one, or (first=False: lists a Delete acts on)
+    nothing, so that no click deletes what the user never picked."""
+    fallback = choices[0] if choices and first else None
+    return gr.update(choices=choices, value=value if value in choices else fallback)
+
+
+def confirm_delete(question: str) -> dict:
+    """Browser code for a Delete click: asks `question` ({} is the chosen item) and sends "" when the user says no
+    (handlers answer NOT_DELETED); with nothing chosen it asks nothing."""
+    return js("(...args) => { if (args[0] && !confirm(%s.replace('{}', args[0]))) args[0] = ''; return args; }"
+              % json.dumps(question))
+
+
+NOT_DELETED = "Not deleted."

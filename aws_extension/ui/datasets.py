@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..datasets import create_dataset, delete_dataset, list_datasets, read_file, show_dataset
 from ..text import count_text, size_text
-from .context import TabContext, choice_update, handled, message
+from .context import NOT_DELETED, TabContext, choice_update, confirm_delete, handled, message
 
 PREVIEW_IMAGES = 12
 
@@ -31,7 +31,7 @@ def create(ctx: TabContext) -> None:
         dataset = create_dataset(ctx.aws(), (name or "").strip(), paths, description or "")
         return f"Complete Dataset {dataset.name} creation"
 
-    button.click(run, [files, name, description], output)
+    return button.click(run, [files, name, description], output)
 
 
 CAPTION_CHARS = 200  # of each caption, under its image
@@ -68,7 +68,7 @@ def browse(ctx: TabContext) -> None:
             names = [d.name for d in list_datasets(ctx.aws())]
         except Exception as exc:  # noqa: BLE001
             return choice_update([]), message(exc)
-        return choice_update(names), f"{len(names)} dataset(s)." if names else "No datasets yet."
+        return choice_update(names, first=False), f"{len(names)} dataset(s)." if names else "No datasets yet."
 
     def show(name):
         if not name:  # nothing chosen (an empty list, or after Delete): keep the message that said why
@@ -83,6 +83,8 @@ def browse(ctx: TabContext) -> None:
             return "", message(exc), []
 
     def remove(name):
+        if name == "":
+            return gr.update(), NOT_DELETED
         if not name:
             return gr.update(), "Choose a dataset first."
         try:
@@ -99,13 +101,17 @@ def browse(ctx: TabContext) -> None:
 
     refresh.click(listing, None, [datasets, about])
     datasets.change(show, datasets, [location, about, gallery])
-    delete.click(remove, datasets, [datasets, about])
+    delete.click(remove, datasets, [datasets, about], **confirm_delete("Delete dataset {} and all its files?"))
+    return listing, None, [datasets, about]
 
 
-def build(ctx: TabContext) -> None:
+def build(ctx: TabContext) -> list:
+    """The section; returns its list's loader (fn, inputs, outputs), run when the page opens and after a creation."""
     gr.Markdown("### AWS Dataset Management")
     with gr.Tabs():
         with gr.Tab("Create", elem_id="sagemaker-tab-dataset-create"):
-            create(ctx)
+            created = create(ctx)
         with gr.Tab("Browse", elem_id="sagemaker-tab-dataset-browse"):
-            browse(ctx)
+            loader = browse(ctx)
+    created.then(*loader)
+    return [loader]

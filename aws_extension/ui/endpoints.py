@@ -8,7 +8,7 @@ from ..endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
 from ..endpoints.catalog import HOURLY_USD, hourly_cost
 from ..endpoints.deploy import initial_instances
 from ..generation import cloud_checkpoints
-from .context import TabContext, choice_update, handled, message
+from .context import NOT_DELETED, TabContext, choice_update, confirm_delete, handled, message
 
 INSTANCE_TYPES = ["ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",
                   "ml.g5.8xlarge", "ml.g5.12xlarge", "ml.g6.xlarge", "ml.g6.2xlarge", "ml.g6e.xlarge",
@@ -81,7 +81,7 @@ def deploy_form(ctx: TabContext) -> None:
     advanced.change(open_advanced, [advanced, preload], [panel, preload])
     # real-time endpoints cannot scale to zero: the minimum follows the type
     kind.change(lambda k: gr.update(value="0" if k == "Async" else "1"), kind, fewest)
-    button.click(start, [advanced, name, kind, instance, most, scaling, fewest, preload], output)
+    return button.click(start, [advanced, name, kind, instance, most, scaling, fewest, preload], output)
 
 
 def management(ctx: TabContext) -> None:
@@ -101,9 +101,12 @@ def management(ctx: TabContext) -> None:
         names.clear()
         names.update({endpoint_choice(e): e.name for e in listed})
         kept = next((c for c, n in names.items() if n == keep), None)
-        return choice_update(list(names), kept), f"{len(names)} endpoint(s)." if names else "No endpoints yet."
+        return choice_update(list(names), kept, first=False), \
+            f"{len(names)} endpoint(s)." if names else "No endpoints yet."
 
     def remove(choice):
+        if choice == "":
+            return gr.update(), NOT_DELETED
         if choice not in names:
             return gr.update(), "Choose an endpoint first."
         try:
@@ -115,11 +118,20 @@ def management(ctx: TabContext) -> None:
         # nothing chosen afterwards, so a second click cannot delete another endpoint
         return gr.update(choices=list(names), value=None), f"Endpoint delete completed: {name}"
 
-    refresh.click(lambda choice: listing(names.get(choice)), endpoints, [endpoints, output])
-    delete.click(remove, endpoints, [endpoints, output])
+    def relist(choice):
+        return listing(names.get(choice))
+
+    refresh.click(relist, endpoints, [endpoints, output])
+    delete.click(remove, endpoints, [endpoints, output],
+                 **confirm_delete("Delete endpoint {} and everything billable with it (its config, model and "
+                                  "autoscaling)?"))
+    return relist, [endpoints], [endpoints, output]
 
 
-def build(ctx: TabContext) -> None:
+def build(ctx: TabContext) -> list:
+    """The section; returns its list's loader (fn, inputs, outputs), run when the page opens and after a deploy."""
     gr.Markdown("### Cloud Assets Management")
-    deploy_form(ctx)
-    management(ctx)
+    deployed = deploy_form(ctx)
+    loader = management(ctx)
+    deployed.then(*loader)  # the new endpoint shows in the list at once
+    return [loader]

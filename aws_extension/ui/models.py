@@ -11,8 +11,8 @@ from ..models.types import MODEL_TYPES, model_type
 from ..models.uploads import upload_paths
 from ..models.urls import upload_urls
 from ..text import size_text
-from .context import (TabContext, choice_update, handled, js, message, progress_lines, result_lines,
-                      run_with_progress)
+from .context import (NOT_DELETED, TabContext, choice_update, confirm_delete, handled, js, message,
+                      progress_lines, result_lines, run_with_progress)
 
 LABELS = [t.label for t in MODEL_TYPES]
 ALL = "All"
@@ -51,7 +51,7 @@ def from_webui(ctx: TabContext) -> None:
 
         yield from run_with_progress(work, progress_lines(), result_lines)
 
-    button.click(upload, boxes, output)
+    return button.click(upload, boxes, output)
 
 
 def from_laptop() -> None:
@@ -79,7 +79,7 @@ def from_url(ctx: TabContext) -> None:
 
         yield from run_with_progress(work, progress_lines(), result_lines)
 
-    button.click(upload, [kind, urls, description], output)
+    return button.click(upload, [kind, urls, description], output)
 
 
 def model_choice(m) -> str:
@@ -103,7 +103,8 @@ def cloud_models(ctx: TabContext) -> None:
         found.clear()
         found.update({model_choice(m): m for m in listed})
         choices = list(found)
-        return choice_update(choices, keep), f"{len(choices)} model(s) in the cloud." if choices else "No models yet."
+        return choice_update(choices, keep, first=False), \
+            f"{len(choices)} model(s) in the cloud." if choices else "No models yet."
 
     @handled
     def show(choice):
@@ -116,6 +117,8 @@ def cloud_models(ctx: TabContext) -> None:
                 f"sha256: {full.sha256 or '(no record)'}\ndescription: {description}")
 
     def remove(choice, kind_label):
+        if choice == "":
+            return gr.update(), NOT_DELETED
         if not choice or choice not in found:
             return gr.update(), "Choose a model first."
         m = found[choice]
@@ -131,17 +134,23 @@ def cloud_models(ctx: TabContext) -> None:
     refresh.click(listing, [kind], [models, details])
     kind.change(listing, [kind], [models, details])
     models.change(show, [models], details)
-    delete.click(remove, [models, kind], [models, details])
+    delete.click(remove, [models, kind], [models, details],
+                 **confirm_delete("Delete {} from the cloud, with its record?"))
+    return listing, [kind], [models, details]
 
 
-def build(ctx: TabContext) -> None:
+def build(ctx: TabContext) -> list:
+    """The section; returns its lists' loaders (fn, inputs, outputs), run when the page opens."""
     gr.Markdown("### Cloud Models Management")
     with gr.Tabs():
         with gr.Tab("from WebUI", elem_id="sagemaker-tab-webui"):
-            from_webui(ctx)
+            webui_done = from_webui(ctx)
         with gr.Tab("from Laptop", elem_id="sagemaker-tab-laptop"):
             from_laptop()
         with gr.Tab("from URL", elem_id="sagemaker-tab-url"):
-            from_url(ctx)
+            url_done = from_url(ctx)
         with gr.Tab("Models in the Cloud", elem_id="sagemaker-tab-cloud"):
-            cloud_models(ctx)
+            loader = cloud_models(ctx)
+    for done in (webui_done, url_done):  # the cloud's list shows what was just uploaded
+        done.then(*loader)
+    return [loader]
