@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from aws_extension.models.catalog import show_model
 from aws_extension.models.transfer import MiB, crc32_b64
@@ -24,7 +25,14 @@ FAST_RETRIES = "window.sagemakerUploadRetryDelays = [0, 100, 200, 300];"
 def open_laptop(page, url: str):
     page.goto(url)
     page.wait_for_function("typeof window.sagemakerUploadFromLaptop === 'function' && !!window.sagemakerHash")
-    page.get_by_role("button", name="from Laptop", exact=True).click()
+    # a click on the tab before the page has finished wiring itself (a loaded machine) is lost: click until it shows
+    for attempt in range(5):
+        page.get_by_role("button", name="from Laptop", exact=True).click()
+        try:
+            page.locator("#sagemaker-laptop-upload").wait_for(state="visible", timeout=4000)
+            break
+        except PlaywrightTimeoutError:
+            assert attempt < 4, "the 'from Laptop' tab never opened"
     page.evaluate(FAST_RETRIES)
     return page
 
