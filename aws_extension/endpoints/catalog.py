@@ -36,6 +36,11 @@ def hourly_cost(instance_type: Optional[str], count: int = 1) -> str:
     return f"~${total}/h"
 
 
+def running_text(instance_type: Optional[str], count: int) -> str:
+    """"1 × ml.g5.2xlarge (~$1.52/h)": what runs, and what it costs while it does."""
+    return f"{count} × {instance_type} ({hourly_cost(instance_type, count)})"
+
+
 class EndpointRecord(BaseModel):
     name: str
     type: str = "unknown"  # async | real-time | unknown

@@ -265,7 +265,7 @@ def deploy(aws: Aws, spec: EndpointSpec, background: bool = True) -> EndpointRec
 
 def running_cost(name: str, instance_type: Optional[str], count: int, autoscaling: bool) -> str:
     """What a deploy left running before its autoscaling is attached, and what that costs per hour."""
-    running = f"Endpoint {name} runs {count} × {instance_type} ({catalog.hourly_cost(instance_type, count)})"
+    running = f"Endpoint {name} runs {catalog.running_text(instance_type, count)}"
     if autoscaling:
         return (f"{running} until autoscaling is attached: run `python -m aws_extension endpoints list` "
                 f"once it is InService.")

@@ -100,21 +100,21 @@ def head_model(aws: Aws, key: str) -> Optional[dict]:
             raise
 
 
+def record_of_size(aws: Aws, key: str, size: int) -> Optional[ModelRecord]:
+    """The record of the model at `key` when the cloud holds one of this size (else None)."""
+    head = head_model(aws, key)
+    return read_record(aws, key) if head and head["ContentLength"] == size else None
+
+
 def recorded_sha256(aws: Aws, key: str, size: int) -> Optional[str]:
     """The sha256 recorded for the model at `key` when the cloud holds one of this size (else None)."""
-    head = head_model(aws, key)
-    if not head or head["ContentLength"] != size:
-        return None
-    record = read_record(aws, key)
+    record = record_of_size(aws, key, size)
     return record.sha256 if record else None
 
 
 def same_source(aws: Aws, key: str, source: str, etag: str, size: int) -> Optional[ModelRecord]:
     """The record of the model at `key` when it came from this source with this ETag and has this size (else None)."""
-    head = head_model(aws, key)
-    if not head or head["ContentLength"] != size:
-        return None
-    record = read_record(aws, key)
+    record = record_of_size(aws, key, size)
     return record if record and (record.source, record.source_etag, record.size) == (source, etag, size) else None
 
 

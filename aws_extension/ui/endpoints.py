@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
-from ..endpoints.catalog import HOURLY_USD, hourly_cost
+from ..endpoints.catalog import HOURLY_USD, hourly_cost, running_text
 from ..endpoints.deploy import initial_instances
 from ..generation import cloud_checkpoints
 from .context import NOT_DELETED, TabContext, choice_update, confirm_delete, handled, message
@@ -64,7 +64,7 @@ def deploy_form(ctx: TabContext) -> None:
                                 preload_checkpoint=None if checkpoint in (None, NO_PRELOAD) else checkpoint)
         record = deploy(ctx.aws(), spec)  # its watcher attaches the autoscaling once the endpoint is InService
         text = f"Endpoint deployment started: {record.name} ({record.status})."
-        running = f"{initial_instances(spec)} × {spec.instance_type} ({hourly_cost(spec.instance_type, initial_instances(spec))})"
+        running = running_text(spec.instance_type, initial_instances(spec))
         if spec.autoscaling:
             return f"{text} Autoscaling will be attached once it is InService; until then it runs {running}."
         return f"{text} It runs {running} until it is deleted."
