@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from datetime import datetime, timezone
 from typing import Iterator, Optional, Tuple
@@ -56,7 +57,11 @@ class Aws:
                     response_checksum_validation="when_required",
                 )
                 with translate():
-                    self._clients[service] = self.session.client(service, region_name=self.region, config=config)
+                    client = self.session.client(service, region_name=self.region, config=config)
+                if service == "s3":  # so that a refusal can name the bucket that refused
+                    client.meta.events.register("before-parameter-build.s3", _note_bucket)
+                    client.meta.events.register("after-call.s3", _name_bucket)
+                self._clients[service] = client
             return self._clients[service]
 
     @property
@@ -76,6 +81,18 @@ class Aws:
 
     def s3_uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+def _note_bucket(params, context, **kwargs) -> None:
+    if isinstance(params, dict) and params.get("Bucket"):
+        context["sd_bucket"] = params["Bucket"]
+
+
+def _name_bucket(parsed, context, **kwargs) -> None:
+    """An S3 error answer names its bucket (in the ClientError's response) even where S3 itself does not."""
+    error = parsed.get("Error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and context.get("sd_bucket"):
+        error.setdefault("BucketName", context["sd_bucket"])
 
 
 def partition_for(region: str, session=None) -> str:
@@ -138,7 +155,7 @@ def describe(exc: BaseException, what: str = "") -> UserError:
                                f"session token has expired or is invalid. Refresh the credentials (e.g. `aws sso "
                                f"login`, or a new AWS_SESSION_TOKEN) and try again.")
         if code in ("AccessDenied", "AccessDeniedException", "403"):
-            return ConfigError(f"Access denied{where}: the credentials lack permission ({message}).")
+            return access_denied(exc, where, message)
         if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"):
             return ConfigError(f"The bucket is in another region{where}: set the region it lives in ({message}).")
         if code == "NoSuchBucket":
@@ -149,6 +166,26 @@ def describe(exc: BaseException, what: str = "") -> UserError:
     if isinstance(exc, bex.BotoCoreError):
         return UserError(f"AWS client error{where}: {exc}")
     raise exc
+
+
+S3_WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "CopyObject",
+             "UploadPartCopy")
+
+
+def access_denied(exc: bex.ClientError, where: str, message: str) -> ConfigError:
+    """A refused write is not always the credentials: the bucket's public access block or policy can refuse
+    it too (Ceph refuses every write under its own reading of BlockPublicAcls)."""
+    if exc.operation_name not in S3_WRITES:
+        return ConfigError(f"Access denied{where}: the credentials lack permission ({message}).")
+    bucket = exc.response.get("Error", {}).get("BucketName", "")
+    named = f"bucket '{bucket}'" if bucket else "the bucket"
+    if re.search(r"public.?access|BlockPublic", message, re.I):
+        return ConfigError(f"Access denied{where}: {named} refuses the write because of its public access block "
+                           f"({message}). Nothing here asks for public access, so the server applies the block to "
+                           f"every write: turn BlockPublicAcls off on {named} (or have its owner do it) or choose "
+                           f"another bucket. Otherwise the credentials lack permission to write to it.")
+    return ConfigError(f"Access denied{where}: either the credentials lack permission to write to {named}, or "
+                       f"the bucket's policy or public access block refuses the write ({message}).")
 
 
 @contextlib.contextmanager

@@ -18,12 +18,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import botocore.exceptions as bex
 
+from . import inflight
 from .aws import Aws, describe, error_code, is_not_found, split_s3_uri, translate
 from .compat import BaseModel
 from .endpoints import catalog, scaling
 from .errors import ConfigError, Interrupted, NotFound, Refused, TransferError, UserError
-from .models.catalog import CloudModel, list_models, read_record
-from .models.types import MODEL_EXTENSIONS, model_type
+from .models.catalog import CloudModel, find_by_hash, list_models, model_at, models_with_stem
+from .models.types import MODEL_EXTENSIONS, has_model_extension, model_type
 from .prompt_tags import extract_networks
 from .serve.infotext import png_parameters, with_parameters
 from .serve.request import BadRequest, parse_request
@@ -109,50 +110,51 @@ def _there(models: Sequence[CloudModel], limit: int = 20) -> str:
     return "there: " + ", ".join(names[:limit]) + more
 
 
-def _by_hash(aws: Aws, models: Sequence[CloudModel], short_hash: str) -> Optional[CloudModel]:
-    """The model whose recorded sha256 starts with short_hash (records read 8 at a time)."""
-    wanted = short_hash.lower()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        records = list(pool.map(lambda m: read_record(aws, m.key), models))
-    hits = [m for m, r in zip(models, records) if r and r.sha256 and r.sha256.lower().startswith(wanted)]
-    return min(hits, key=lambda m: m.name) if hits else None
-
-
 def find_checkpoint_by_hash(aws: Aws, short_hash: str) -> Optional[str]:
     """The cloud checkpoint's file name for an infotext's "Model hash" (None when none has it)."""
     if not HASH.fullmatch((short_hash or "").strip()):
         return None
-    found = _by_hash(aws, list_models(aws, "checkpoint"), short_hash.strip())
-    return found.name if found else None
+    found = find_by_hash(aws, "checkpoint", short_hash.strip())
+    return found[0].name if found else None
 
 
-def _find(aws: Aws, type_id: str, wanted: str, models: Sequence[CloudModel]) -> CloudModel:
-    """By file name, key, s3:// URI, name without extension (the infotext's "Model"), WebUI title or hash."""
+def lookup(aws: Aws, type_id: str, wanted: str) -> Optional[CloudModel]:
+    """By file name, key, s3:// URI, name without extension (the infotext's "Model"), WebUI title or hash. An exact
+    name costs one HEAD, a name without extension one LIST of that stem, a hash one LIST of its markers."""
     t = model_type(type_id)
     text = wanted.strip()
     for prefix in (aws.s3_uri(), t.prefix):
         text = text[len(prefix):] if text.startswith(prefix) else text
     title = TITLE.fullmatch(text)
     name = title.group(1) if title else text
-    exact = [m for m in models if m.name == name]
+    exact = model_at(aws, type_id, name) if has_model_extension(name) else None
     if exact:
-        return exact[0]
-    stem = _preferred(models).get(name)
+        return exact
+    stem = _preferred(models_with_stem(aws, type_id, name)).get(name) if name and "/" not in name else None
     if stem:
         return stem
     short = title.group(2) if title else text
     if HASH.fullmatch(short):
-        found = _by_hash(aws, models, short)
+        found = find_by_hash(aws, type_id, short)
         if found:
-            return found
-    raise NotFound(f"No {t.label} '{wanted.strip()}' in {aws.s3_uri(t.prefix)} ({_there(models)}).")
+            return found[0]
+    return None
+
+
+def _find(aws: Aws, type_id: str, wanted: str) -> CloudModel:
+    """lookup(), or NotFound saying what is there (the only case that lists the whole folder)."""
+    found = lookup(aws, type_id, wanted)
+    if found:
+        return found
+    t = model_type(type_id)
+    raise NotFound(f"No {t.label} '{wanted.strip()}' in {aws.s3_uri(t.prefix)} ({_there(list_models(aws, type_id))}).")
 
 
 def checkpoint_uri(aws: Aws, wanted: str) -> str:
     """The s3:// URI of a cloud checkpoint named as resolve_models takes it (the request's models.checkpoint)."""
     if not (wanted or "").strip():
         raise Refused("Choose a checkpoint: generating needs one of the cloud's SD checkpoints.")
-    return aws.s3_uri(_find(aws, "checkpoint", wanted, list_models(aws, "checkpoint")).key)
+    return aws.s3_uri(_find(aws, "checkpoint", wanted).key)
 
 
 def _mentions(texts: Sequence[str], word: str) -> bool:
@@ -167,7 +169,7 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
     checkpoint_location = checkpoint_uri(aws, checkpoint)
     vae_uri = None
     if vae and vae.strip().lower() not in NO_VAE:
-        vae_uri = aws.s3_uri(_find(aws, "vae", vae, list_models(aws, "vae")).key)
+        vae_uri = aws.s3_uri(_find(aws, "vae", vae).key)
     texts, wanted = [], []
     for prompt in prompts:
         try:
@@ -177,14 +179,16 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
         texts.append(text)
         wanted += [name for name, _ in networks]
     loras = []
-    if wanted:
-        listed = list_models(aws, "lora")
-        by_stem = _preferred(listed)
-        missing = [name for name in dict.fromkeys(wanted) if name not in by_stem]
+    if wanted:  # one LIST per LoRA named (of its stem), side by side
+        names = list(dict.fromkeys(wanted))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda n: _preferred(models_with_stem(aws, "lora", n)).get(n), names))
+        missing = [name for name, model in zip(names, found) if model is None]
         if missing:
             raise NotFound(f"The prompt uses LoRA {', '.join(repr(n) for n in missing)}, not in "
-                           f"{aws.s3_uri(model_type('lora').prefix)} ({_there(listed)}): upload it or fix the tag.")
-        loras = [aws.s3_uri(by_stem[name].key) for name in dict.fromkeys(wanted)]
+                           f"{aws.s3_uri(model_type('lora').prefix)} ({_there(list_models(aws, 'lora'))}): "
+                           f"upload it or fix the tag.")
+        loras = [aws.s3_uri(model.key) for model in found]
     texts += [text or "" for text in negative_prompts]  # LoRA tags in a negative prompt are text, as in the WebUI
     embeddings = []
     if any(text.strip() for text in texts):
@@ -331,22 +335,41 @@ def _take(s3, uri: str) -> Optional[bytes]:
     return body
 
 
+def _landed(aws: Aws, entry: inflight.Sent) -> bool:
+    """A stopped async request's answer or failure is in S3 (and deleted there: nobody reads it)."""
+    s3 = aws.client("s3")
+    try:
+        return any(_take(s3, uri) is not None for uri in (entry.output, entry.failure) if uri)
+    except Exception as exc:  # cannot tell: it still counts
+        log.warning("Could not look for the answer of a stopped request at %s: %s", entry.output, exc)
+        return False
+
+
+def _waiting(endpoint: str, count: Optional[int], behind: int) -> Optional[Tuple[str, str]]:
+    """(state, text) while an async request waits, from the instance count and our requests ahead of it."""
+    if count == 0:
+        return "scaling up from zero", FROM_ZERO + (f"; then queued behind {behind} earlier request(s) from here"
+                                                    if behind else "")
+    if behind:  # one request at a time per instance (MaxConcurrentInvocationsPerInstance)
+        return "queued", f"queued behind {behind} earlier request(s) from here still running on {endpoint}"
+    return ("generating", f"generating on {endpoint}") if count else None
+
+
 def _wait(aws: Aws, endpoint: str, answer: dict, report: StateCallback, cancel: threading.Event,
-          timeout: float) -> bytes:
+          timeout: float, entry: inflight.Sent) -> bytes:
     s3, inference_id = aws.client("s3"), answer.get("InferenceId", "")
     output, failure = answer["OutputLocation"], answer.get("FailureLocation")
-    report("queued", f"queued on {endpoint} (inference id {inference_id})")
-    state, delay, errors = "queued", POLL_FIRST, 0
+    shown: Optional[Tuple[str, str]] = ("queued", f"queued on {endpoint} (inference id {inference_id})")
+    report(*shown)
+    delay, errors = POLL_FIRST, 0
     deadline, next_look = time.monotonic() + timeout, 0.0
     while True:
         if time.monotonic() >= next_look:
             count, next_look = _instances(aws, endpoint), time.monotonic() + INSTANCES_EVERY
-            if count == 0 and state != "scaling up from zero":
-                state = "scaling up from zero"
-                report(state, FROM_ZERO)
-            elif count and state != "generating":
-                state = "generating"
-                report(state, f"generating on {endpoint}")
+            now = _waiting(endpoint, count, inflight.ahead(entry, lambda e: _landed(aws, e)))
+            if now and now != shown:
+                shown = now
+                report(*now)
         try:
             body = _take(s3, output)
             if body is not None:
@@ -369,6 +392,26 @@ def _wait(aws: Aws, endpoint: str, answer: dict, report: StateCallback, cancel: 
         delay = min(delay * 1.5, POLL_MAX)
 
 
+def _withdraw(aws: Aws, endpoint: str, key: str, inference_id: str, entry: inflight.Sent) -> Interrupted:
+    """Stop: the input is deleted, so that the endpoint cannot run the request if it has not started it (it fails
+    when it dequeues it). Whether it had started is known only when no instance was up to start it."""
+    entry.stopped = True
+    stopped = f"Stopped waiting for endpoint '{endpoint}' (inference id {inference_id})."
+    try:
+        aws.client("s3").delete_object(Bucket=aws.bucket, Key=key)
+    except Exception as exc:  # noqa: BLE001 - said in the message
+        reason = describe(exc, f"deleting {aws.s3_uri(key)}") if isinstance(exc, bex.ClientError) else exc
+        return Interrupted(f"{stopped} Its request could not be withdrawn ({reason}): endpoint '{endpoint}' will "
+                           f"still run it, and its answer will be discarded.")
+    if _instances(aws, endpoint) == 0:
+        entry.takes_turn = False
+        return Interrupted(f"Stopped: the request was cancelled before it started (endpoint '{endpoint}' had no "
+                           f"instance up yet, and its input is deleted; inference id {inference_id}).")
+    return Interrupted(f"{stopped} Its input is deleted: if the endpoint had not started the request, it drops it; "
+                       f"if it had, endpoint '{endpoint}' is still finishing the earlier request, and its answer "
+                       f"will be discarded.")
+
+
 def _invoke_async(aws: Aws, endpoint: str, data: bytes, report: StateCallback, cancel: threading.Event,
                   timeout: float) -> bytes:
     inference_id = uuid.uuid4().hex
@@ -376,21 +419,63 @@ def _invoke_async(aws: Aws, endpoint: str, data: bytes, report: StateCallback, c
     s3 = aws.client("s3")
     with translate(f"writing the request to {aws.s3_uri(key)}"):
         s3.put_object(Bucket=aws.bucket, Key=key, Body=data, ContentType=JSON)
+    # nobody waits for it after the timeout: let it expire in the queue rather than run for nothing
+    ttl = min(max(60, int(timeout)), 21600)
+    entry, sent_at = inflight.sent(endpoint), time.monotonic()
     try:
         try:
             answer = aws.client("sagemaker-runtime").invoke_endpoint_async(
                 EndpointName=endpoint, InputLocation=aws.s3_uri(key), ContentType=JSON, Accept=JSON,
-                InferenceId=inference_id,
-                # nobody waits for it after the timeout: let it expire in the queue rather than run for nothing
-                RequestTTLSeconds=min(max(60, int(timeout)), 21600))
+                InferenceId=inference_id, RequestTTLSeconds=ttl)
         except (bex.BotoCoreError, bex.ClientError) as exc:
             raise _invoke_error(endpoint, exc) from exc
-        return _wait(aws, endpoint, answer, report, cancel, timeout)
-    finally:  # read by now, or no longer wanted
+        entry.output, entry.failure = answer["OutputLocation"], answer.get("FailureLocation")
         try:
-            s3.delete_object(Bucket=aws.bucket, Key=key)
-        except Exception as exc:
-            log.warning("Could not delete %s: %s", aws.s3_uri(key), exc)
+            return _wait(aws, endpoint, answer, report, cancel, timeout, entry)
+        except Interrupted:
+            entry.until = sent_at + ttl + inflight.ASYNC_RUN_LIMIT
+            raise _withdraw(aws, endpoint, key, inference_id, entry) from None
+    finally:
+        if not entry.stopped:
+            inflight.over(entry)
+            try:  # read by now, or no longer wanted
+                s3.delete_object(Bucket=aws.bucket, Key=key)
+            except Exception as exc:
+                log.warning("Could not delete %s: %s", aws.s3_uri(key), exc)
+
+
+def _invoke_realtime(aws: Aws, endpoint: str, data: bytes, report: StateCallback, cancel: threading.Event) -> bytes:
+    """The call runs in a thread of its own: a Stop returns at once, while the endpoint finishes it unread."""
+    entry = inflight.sent(endpoint)
+    behind = inflight.ahead(entry, lambda e: _landed(aws, e))
+    report("generating", f"generating on {endpoint}" +
+           (f" (it is still finishing {behind} earlier request(s) from here)" if behind else ""))
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["body"] = aws.client("sagemaker-runtime").invoke_endpoint(
+                EndpointName=endpoint, Body=data, ContentType=JSON, Accept=JSON)["Body"].read()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+        finally:
+            inflight.over(entry)
+
+    worker = threading.Thread(target=call, name="sagemaker-realtime", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        if worker.is_alive() and cancel.is_set():
+            entry.stopped = True
+            raise Interrupted(f"Stopped waiting for endpoint '{endpoint}'. A real-time request cannot be "
+                              f"withdrawn: endpoint '{endpoint}' is still finishing it, and its answer will be "
+                              f"discarded.")
+    error = box.get("error")
+    if isinstance(error, (bex.BotoCoreError, bex.ClientError)):
+        raise _invoke_error(endpoint, error) from error
+    if error is not None:
+        raise error
+    return box["body"]
 
 
 def invoke(aws: Aws, endpoint: str, task: str, payload: dict, models: dict, *,
@@ -398,9 +483,10 @@ def invoke(aws: Aws, endpoint: str, task: str, payload: dict, models: dict, *,
            timeout: float = ASYNC_TIMEOUT) -> Generation:
     """One generation on the endpoint: the WebUI API payload with the models from resolve_models.
 
-    States go to on_state(state, message): queued, scaling up from zero, generating, done. An async wait stops
-    with Interrupted when cancel is set, and with TransferError after timeout seconds (at least FROM_ZERO_TIMEOUT
-    when the endpoint is at 0 instances)."""
+    States go to on_state(state, message): queued, scaling up from zero, generating, done; the text says when
+    requests sent from here before are still ahead of it on the endpoint. When cancel is set it stops with
+    Interrupted saying what becomes of the request (an async one is withdrawn if it has not started), and with
+    TransferError after timeout seconds (at least FROM_ZERO_TIMEOUT when the endpoint is at 0 instances)."""
     started = time.monotonic()
     report = on_state or (lambda state, message: None)
     raw, is_async = _serving_endpoint(aws, endpoint)
@@ -416,12 +502,7 @@ def invoke(aws: Aws, endpoint: str, task: str, payload: dict, models: dict, *,
         answer = _invoke_async(aws, endpoint, data, report, cancel or threading.Event(), timeout)
     else:
         _check_realtime(endpoint, data, req.width, req.height, req.batch_size * req.n_iter)
-        report("generating", f"generating on {endpoint}")
-        try:
-            answer = aws.client("sagemaker-runtime").invoke_endpoint(
-                EndpointName=endpoint, Body=data, ContentType=JSON, Accept=JSON)["Body"].read()
-        except (bex.BotoCoreError, bex.ClientError) as exc:
-            raise _invoke_error(endpoint, exc) from exc
+        answer = _invoke_realtime(aws, endpoint, data, report, cancel or threading.Event())
     generation = _generation(endpoint, task, answer, started)
     report("done", f"{len(generation.images)} image(s) in {generation.seconds:.1f} s")
     return generation

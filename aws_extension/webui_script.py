@@ -21,7 +21,7 @@ from PIL import Image
 from . import webui
 from .errors import Interrupted, NotFound, Refused, UserError
 from . import generation
-from .generation import (OWN_VAE, Generation, cloud_checkpoints, cloud_vaes, find_checkpoint_by_hash, invoke,
+from .generation import (OWN_VAE, Generation, cloud_checkpoints, cloud_vaes, find_checkpoint_by_hash, invoke, lookup,
                          png_parameters, resolve_models)
 from .serve.infotext import png_base64
 from .ui.context import TabContext, choice_update, message
@@ -120,15 +120,19 @@ def pasted_checkpoint(params: dict):
     short, name = (params.get("Model hash") or "").strip(), (params.get("Model") or "").strip()
     if not (short or name) or not _reachable.is_set():
         return None
-    try:
+    try:  # a few requests whatever the number of checkpoints: no listing, no record read per model
         aws = _context.aws()
-        names = cloud_checkpoints(aws)
         found = find_checkpoint_by_hash(aws, short) if short else None
+        if not found and name:
+            model = lookup(aws, "checkpoint", name)
+            found = model.name if model else None
     except Exception as exc:  # noqa: BLE001 - a paste must never fail for us
         log.warning("Amazon SageMaker: could not look up the pasted model: %s", exc)
         return None
-    found = found or next((n for n in names if name in (n, n.rsplit(".", 1)[0])), None)
-    return gr.update(choices=names, value=found) if found else None
+    if not found:
+        return None
+    names = list(_lists["value"][1]) if _lists else []  # type: ignore[index]
+    return gr.update(choices=names if found in names else names + [found], value=found)
 
 
 # -- the request ----------------------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ def _invoke_watched(aws, endpoint: str, task: str, payload: dict, models: dict,
     while worker.is_alive():
         worker.join(WATCH_EVERY)
         if _stopped() and not cancel.is_set():
-            cancel.set()  # an async wait stops at once; a real-time call cannot: it is left to finish unread
+            cancel.set()  # invoke stops at once, saying what becomes of the request (a real-time one runs on)
             worker.join(CANCEL_GRACE)
             break
     if "result" in box:

@@ -6,6 +6,8 @@ and one fresh uploader process per mode, whose peak RSS (getrusage, plus psutil 
 
     python benchmarks/url_upload_rss.py                 # 1 GiB
     python benchmarks/url_upload_rss.py --size-mb 64    # quick
+    python benchmarks/url_upload_rss.py --size-mb 600 --claim 1000000000000 --modes stream
+                                    # a server that claims 1 TB, sends 600 MiB and hangs up (the upload fails)
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def expected_sha256(size: int) -> str:
 
 
 # -- the two helper processes ----------------------------------------------------------------------------
-def serve(size: int) -> None:
+def serve(size: int, claim: int = 0) -> None:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -60,10 +62,11 @@ def serve(size: int) -> None:
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Length", str(claim or size))
             self.end_headers()
             for i in range(-(-size // MiB)):
                 self.wfile.write(block(i)[: min(MiB, size - i * MiB)])
+            self.close_connection = True  # with a claim larger than sent: the body ends short
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -82,7 +85,7 @@ def emulate() -> None:
 
 
 # -- one measured upload ---------------------------------------------------------------------------------
-def measure(mode: str, url: str) -> None:
+def measure(mode: str, url: str, claimed: bool = False) -> None:
     import psutil
     import urllib3
 
@@ -105,10 +108,11 @@ def measure(mode: str, url: str) -> None:
     threading.Thread(target=sample, daemon=True).start()
     began = time.monotonic()
     key = "models/Stable-diffusion/model.safetensors"
+    error = None
     if mode == "stream":
         [result] = upload_urls(aws, "checkpoint", [url], allow_private=True)
-        assert result.ok, result.error
-        sha = result.sha256
+        assert result.ok or claimed, result.error
+        sha, error = result.sha256, result.error
     else:
         resp = urllib3.PoolManager().request("GET", url, preload_content=(mode == "buffered"))
         body = io.BytesIO(resp.data) if mode == "buffered" else resp
@@ -116,10 +120,10 @@ def measure(mode: str, url: str) -> None:
         sha = None
     seconds = time.monotonic() - began
     stop.set()
-    size = s3.head_object(Bucket=aws.bucket, Key=key)["ContentLength"]
+    size = 0 if error else s3.head_object(Bucket=aws.bucket, Key=key)["ContentLength"]
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     print(json.dumps({"start": start_rss, "peak": max(maxrss, peak[0]), "sampled": peak[0],
-                      "seconds": seconds, "size": size, "sha256": sha}))
+                      "seconds": seconds, "size": size, "sha256": sha, "error": error}))
 
 
 # -- the driver -------------------------------------------------------------------------------------------
@@ -133,20 +137,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--modes", default="stream,buffered,fileobj")
+    parser.add_argument("--claim", type=int, default=0, help="Content-Length the server claims (bytes)")
     parser.add_argument("--role", choices=["server", "emulator", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = args.size_mb * MiB
     if args.role == "server":
-        return serve(size)
+        return serve(size, args.claim)
     if args.role == "emulator":
         return emulate()
     if args.role == "measure":
-        return measure(args.mode, args.url)
+        return measure(args.mode, args.url, bool(args.claim))
 
     emulator, env_line = helper("--role", "emulator")
-    server, port = helper("--role", "server", "--size-mb", str(args.size_mb))
+    server, port = helper("--role", "server", "--size-mb", str(args.size_mb), "--claim", str(args.claim))
     env = {**os.environ, **json.loads(env_line)}
     url = f"http://127.0.0.1:{port}/model.safetensors"
     want_sha = expected_sha256(size)
@@ -155,12 +160,16 @@ def main() -> None:
         for mode in args.modes.split(","):
             reset = env["AWS_ENDPOINT_URL"] + "/moto-api/reset"  # frees the emulator's copy of the last run
             urllib.request.urlopen(urllib.request.Request(reset, method="POST"), timeout=60).read()
-            out = subprocess.run([sys.executable, __file__, "--role", "measure", "--mode", mode, "--url", url],
-                                 env=env, capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "--role", "measure", "--mode", mode, "--url", url,
+                                  "--claim", str(args.claim)], env=env, capture_output=True, text=True)
             if out.returncode:
                 print(f"{mode} failed:\n{out.stderr[-3000:]}")
                 continue
             rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            if rows[mode]["error"]:  # a claim larger than what is sent: the failure is the expected outcome
+                print(f"{mode}: {rows[mode]['error']}")
+                rows[mode]["size"] = size
+                continue
             assert rows[mode]["size"] == size, rows[mode]
             assert rows[mode]["sha256"] in (None, want_sha), "the uploaded bytes differ from the source"
     finally:
@@ -178,7 +187,8 @@ def main() -> None:
         base = rows["stream"]["peak"]
         for mode in (m for m in rows if m != "stream"):
             print(f"peak RSS {MODES[mode]} / streamed: {rows[mode]['peak'] / base:.1f}x")
-        print(f"streamed object sha256 matches the source: {rows['stream']['sha256'] == want_sha}")
+        if not args.claim:
+            print(f"streamed object sha256 matches the source: {rows['stream']['sha256'] == want_sha}")
 
 
 if __name__ == "__main__":

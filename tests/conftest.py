@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from aws_extension import inflight
 from aws_extension.aws import Aws
 from aws_extension.bootstrap import setup
 from aws_extension.config import Settings
@@ -48,6 +49,7 @@ def aws_env(emulator, monkeypatch, tmp_path):
     """The environment a user of the emulator has: endpoint URL, test keys, region, bucket, role, image."""
     emulator.reset()
     emulator.creating_seconds = 1.0
+    inflight.forget()  # requests a test stopped ran on endpoints the reset removed
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     # never read the machine's own AWS files

@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, List, Optional
 from urllib.parse import parse_qs, urlsplit
 
-# A rule gets (method, path, query) and returns None (pass), an int (that HTTP status), "cut", or
-# ("delay", seconds): wait that long, then pass it on (a slow or distant S3).
+# A rule gets (method, path, query) and returns None (pass), an int (that HTTP status), s3_error(...)
+# (that status with S3's error code and message), "cut", or ("delay", seconds): wait that long, then pass
+# it on (a slow or distant S3).
 Rule = Callable[[str, str, dict], Optional[object]]
 
-ERROR_BODY = b"""<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>injected by the test proxy</Message></Error>"""
+ERROR_BODY = b"""<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message></Error>"""
 CODES = {500: b"InternalError", 503: b"SlowDown", 403: b"AccessDenied", 400: b"BadRequest"}
 
 
@@ -30,6 +31,7 @@ class FaultProxy:
         self.rules: List[Rule] = []
         self.parts_passed: Counter = Counter()  # part number -> times it reached S3
         self.parts_failed: Counter = Counter()
+        self.requests: List[tuple] = []  # (method, path, query) of every request, in arrival order
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -44,6 +46,7 @@ class FaultProxy:
             def _handle(self):
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+                proxy.requests.append((self.command, url.path, query))
                 part = int(query["partNumber"]) if self.command == "PUT" and "partNumber" in query else None
                 length = int(self.headers.get("Content-Length") or 0)
                 action = next((a for a in (rule(self.command, url.path, query) for rule in proxy.rules) if a), None)
@@ -63,9 +66,12 @@ class FaultProxy:
                         return
                     body = self.rfile.read(length) if length else b""
                     if isinstance(action, int):
+                        action = s3_error(action, CODES.get(action, b"Error").decode())
+                    if isinstance(action, tuple) and action and action[0] == "error":
+                        _, status, code, message = action
                         proxy._count(part, failed=True)
-                        payload = ERROR_BODY % CODES.get(action, b"Error")
-                        self.send_response(action)
+                        payload = ERROR_BODY % (code.encode(), message.encode())
+                        self.send_response(status)
                         self.send_header("Content-Type", "application/xml")
                         self.send_header("Content-Length", str(len(payload)))
                         if self.headers.get("Origin"):  # as S3 answers a browser, so the page can read the error
@@ -114,6 +120,7 @@ class FaultProxy:
     def reset_counts(self) -> None:
         self.parts_passed.clear()
         self.parts_failed.clear()
+        self.requests.clear()
         self.max_in_flight = 0
 
     @property
@@ -127,6 +134,11 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def s3_error(status: int, code: str, message: str = "injected by the test proxy") -> tuple:
+    """An action: answer as S3 does when it refuses a request (the request body is read first)."""
+    return ("error", status, code, message)
 
 
 def fail_part(numbers, action, times: Optional[int] = None) -> Rule:

@@ -335,6 +335,103 @@ def test_async_timeout_and_cancel(cloud, s3, fake_async):
     assert keys(s3, "inference/") == []  # the requests were withdrawn
 
 
+def wait_for(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.02)
+
+
+def stopped_after(seconds: float) -> threading.Event:
+    cancel = threading.Event()
+    threading.Timer(seconds, cancel.set).start()
+    return cancel
+
+
+def test_stop_before_any_instance_cancels_the_request(cloud, s3, fake_async):
+    name = in_service(cloud, "async")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    fake_async.respond = lambda request: None
+    sagemaker_variant(name)["CurrentInstanceCount"] = 0  # nothing can have started it
+    with pytest.raises(Interrupted) as caught:
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, cancel=stopped_after(0.5))
+    inference_id = fake_async.inputs[0][0][len("inference/input/"):-5]
+    assert str(caught.value) == (f"Stopped: the request was cancelled before it started (endpoint '{name}' had no "
+                                 f"instance up yet, and its input is deleted; inference id {inference_id}).")
+    assert keys(s3, "inference/input/") == []  # an instance that dequeues it finds nothing to run
+
+    # it takes no turn: the next request is not said to wait behind it
+    sagemaker_variant(name)["CurrentInstanceCount"] = 1
+    fake_async.respond = lambda request: ("output", server_answer(request))
+    states = []
+    invoke(cloud, name, "txt2img", {"prompt": "a dog"}, models, on_state=lambda s, m: states.append(m))
+    assert not any("behind" in m for m in states), states
+
+
+def test_a_stopped_request_still_running_is_said_and_the_next_waits_behind_it(cloud, s3, fake_async):
+    name = in_service(cloud, "async")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    fake_async.respond = lambda request: None  # the endpoint works on it past the Stop
+    with pytest.raises(Interrupted) as caught:
+        invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, cancel=stopped_after(0.5))
+    first = fake_async.inputs[0][0][len("inference/input/"):-5]
+    assert str(caught.value) == (
+        f"Stopped waiting for endpoint '{name}' (inference id {first}). Its input is deleted: if the endpoint had "
+        f"not started the request, it drops it; if it had, endpoint '{name}' is still finishing the earlier "
+        f"request, and its answer will be discarded.")
+    assert keys(s3, "inference/input/") == []
+
+    states = []
+
+    def first_finishes():  # as the second request waits, the endpoint ends the first one
+        wait_for(lambda: any("behind" in m for _, m in states))
+        s3.put_object(Bucket=BUCKET, Key=f"inference/output/{first}.out", Body=b"{}")
+        wait_for(lambda: states[-1][0] == "generating")
+
+    fake_async.before_answer = first_finishes
+    fake_async.respond = lambda request: ("output", server_answer(request))
+    result = invoke(cloud, name, "txt2img", {"prompt": "a dog"}, models, on_state=lambda s, m: states.append((s, m)))
+    assert ("queued", f"queued behind 1 earlier request(s) from here still running on {name}") in states
+    assert [s for s, _ in states][-2:] == ["generating", "done"] and len(result.images) == 1
+    assert keys(s3, "inference/") == []  # the first one's answer, which nobody reads, is deleted too
+
+
+def test_a_stopped_real_time_request_is_said_to_go_on(cloud, emulator, monkeypatch):
+    from moto.sagemakerruntime.models import SageMakerRuntimeBackend
+
+    release, original = threading.Event(), SageMakerRuntimeBackend.invoke_endpoint
+
+    def busy(self, endpoint_name, unique_repr):  # the endpoint takes its time
+        release.wait(20)
+        return original(self, endpoint_name, unique_repr)
+
+    monkeypatch.setattr(SageMakerRuntimeBackend, "invoke_endpoint", busy)
+    name = in_service(cloud, "real-time")
+    models = resolve_models(cloud, "sd15", None, ["a cat"])
+    states, second = [], None
+    try:
+        started = time.monotonic()
+        with pytest.raises(Interrupted) as caught:
+            invoke(cloud, name, "txt2img", {"prompt": "a cat"}, models, cancel=stopped_after(0.3))
+        assert time.monotonic() - started < 3  # at once, not when the endpoint answers
+        assert str(caught.value) == (f"Stopped waiting for endpoint '{name}'. A real-time request cannot be withdrawn: "
+                                     f"endpoint '{name}' is still finishing it, and its answer will be discarded.")
+        def again():
+            try:
+                invoke(cloud, name, "txt2img", {"prompt": "a dog"}, models, on_state=lambda s, m: states.append(m))
+            except UserError:  # moto's canned answer is no server's answer: only the waiting text counts here
+                pass
+
+        second = threading.Thread(target=again)
+        second.start()
+        wait_for(lambda: states)
+        assert states[0] == f"generating on {name} (it is still finishing 1 earlier request(s) from here)"
+    finally:
+        release.set()
+        if second:
+            second.join(20)
+
+
 # -- command line ---------------------------------------------------------------------------------------------------
 def cli(env, *args):
     proc = subprocess.run([sys.executable, "-m", "aws_extension", *args], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},

@@ -23,6 +23,7 @@ from PIL import Image
 from inventory import NOTHING, cloud_inventory
 from aws_extension.datasets import create_dataset, delete_dataset
 from aws_extension.endpoints import delete_endpoint
+from aws_extension.models.catalog import record_key
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -101,7 +102,7 @@ def keys(aws, prefix: str) -> list:
 
 
 def record(aws, key: str) -> dict:
-    return json.loads(aws.client("s3").get_object(Bucket=aws.bucket, Key=key + ".json")["Body"].read())
+    return json.loads(aws.client("s3").get_object(Bucket=aws.bucket, Key=record_key(key))["Body"].read())
 
 
 def model_file(path, size: int, seed: int) -> str:
@@ -230,9 +231,9 @@ def test_upload_from_webui_paths(tab, aws, tmp_path):
     text = wait_value(tab, "sagemaker-webui-result", "/etc/passwd: failed", f"{secret}: failed")
     assert "outside the allowed model folders" in text
     assert len(text.splitlines()) == 2, text
-    assert keys(aws, "models/") == sorted(
-        k + suffix for k in ("models/Lora/lora-a.safetensors", "models/Lora/lora-b.safetensors",
-                             "models/Stable-diffusion/base.safetensors") for suffix in ("", ".json"))
+    uploaded = ["Lora/lora-a.safetensors", "Lora/lora-b.safetensors", "Stable-diffusion/base.safetensors"]
+    assert keys(aws, "models/") == ["models/" + k for k in uploaded]
+    assert keys(aws, "records/") == ["records/" + k + ".json" for k in uploaded]
 
 
 # -- 3. from URL -------------------------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_upload_from_urls(tab, aws, http_files):
     key = "models/Lora/style.safetensors"
     assert record(aws, key)["description"] == {"author": "tester", "trigger": "in the style of x"}
     assert record(aws, key)["sha256"] == digest
-    assert keys(aws, "models/") == [key, key + ".json"]
+    assert keys(aws, "models/") == [key]
 
     # a description that is not a JSON object: a clear sentence, and no download at all
     model_file(root / "other.safetensors", 100_000, 6)
@@ -264,7 +265,7 @@ def test_upload_from_urls(tab, aws, http_files):
     tab.click("#sagemaker-url-upload")
     text = wait_value(tab, "sagemaker-url-result", "must be a JSON object")
     assert text.startswith("Error: Models Description must be a JSON object"), text
-    assert keys(aws, "models/") == [key, key + ".json"]
+    assert keys(aws, "models/") == [key]
 
 
 # -- 4. models in the cloud --------------------------------------------------------------------------------------
@@ -321,12 +322,12 @@ def test_models_in_the_cloud_filter_show_delete(tab, aws, tmp_path, http_files):
     tab.click("#sagemaker-cloud-delete")
     wait_value(tab, "sagemaker-cloud-details", "Deleted lora-a.safetensors.")
     expect(chosen).to_have_value("")  # nothing chosen: a second click deletes nothing
-    assert keys(aws, "models/Lora/") == ["models/Lora/lora-b.safetensors", "models/Lora/lora-b.safetensors.json"]
+    assert keys(aws, "models/Lora/") == ["models/Lora/lora-b.safetensors"]
+    assert keys(aws, "records/Lora/") == ["records/Lora/lora-b.safetensors.json"]
     assert [c.split(" (")[0] for c in options(tab, "sagemaker-cloud-models")] == ["lora-b.safetensors"]
     tab.click("#sagemaker-cloud-delete")
     wait_value(tab, "sagemaker-cloud-details", "Choose a model first.")
-    assert sum_ckpt and keys(aws, "models/Stable-diffusion/") == ["models/Stable-diffusion/base.safetensors",
-                                                                  "models/Stable-diffusion/base.safetensors.json"]
+    assert sum_ckpt and keys(aws, "models/Stable-diffusion/") == ["models/Stable-diffusion/base.safetensors"]
 
 
 # -- 5. deploy with defaults -------------------------------------------------------------------------------------

@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 
 import pytest
 
 from aws_extension.aws import Aws
 from aws_extension.bootstrap import setup
 from aws_extension.config import Settings
-from aws_extension.errors import Interrupted, TransferError
+from aws_extension.errors import Interrupted, Refused, TransferError
+from aws_extension.models import transfer
 from aws_extension.models.catalog import show_model
 from aws_extension.models.transfer import MiB, ObjectWriter
 from aws_extension.models.uploads import expand_paths, upload_paths
-from faultproxy import fail_part
+from faultproxy import fail_part, s3_error
 
 PART = 8 * MiB
 
@@ -193,7 +195,8 @@ def test_paths_outside_allowed_roots_are_refused(aws, tmp_path):
     assert "not a model file" in by_item[typed[3]].error
     assert "no such file" in by_item[typed[4]].error
     assert [m["Key"] for m in aws.client("s3").list_objects_v2(Bucket=aws.bucket)["Contents"]] == [
-        "models/Lora/ok.safetensors", "models/Lora/ok.safetensors.json"]
+        f"hashes/{hashlib.sha256(b'1' * 100).hexdigest()}/Lora/ok.safetensors", "models/Lora/ok.safetensors",
+        "records/Lora/ok.safetensors.json"]  # nothing of the refused ones
 
 
 def test_a_bare_name_is_found_in_the_model_folders_not_the_working_folder(tmp_path, monkeypatch):
@@ -238,3 +241,95 @@ def test_an_expired_session_token_is_named_as_the_credentials_problem(s3aws, pro
     [result] = upload_paths(s3aws, "lora", [str(tmp_path / "m.safetensors")])
     assert result.status == "failed"
     assert "session token has expired or is invalid" in result.error and "Bad Request" in result.error
+
+
+# -- S3 answers that are not the credentials' fault -----------------------------------------------------
+def models_in_bucket(aws: Aws) -> list:
+    return [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=aws.bucket).get("Contents", [])]
+
+
+def test_a_part_corrupted_twice_aborts_the_upload_in_words(s3aws, proxy, tmp_path):
+    make_file(tmp_path / "model.safetensors", 3 * PART)
+    proxy.rules = [fail_part({3}, s3_error(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' "
+                                           "header does not match what was computed."))]
+    [result] = upload_paths(s3aws, "checkpoint", [str(tmp_path / "model.safetensors")])
+    assert result.status == "failed" and proxy.parts_failed[3] == 2  # sent once more, then given up
+    assert result.error == (f"{tmp_path / 'model.safetensors'}: part 3 arrived corrupted at S3 twice "
+                            "(XAmzContentSHA256Mismatch): the network or a proxy on the way is altering data; "
+                            "nothing was kept, try again.")
+    assert open_uploads(s3aws) == [] and models_in_bucket(s3aws) == []
+
+
+@pytest.mark.parametrize("times, status", [(1, "uploaded"), (None, "failed")])
+def test_a_small_file_corrupted_on_the_way_is_sent_once_more(s3aws, proxy, tmp_path, times, status):
+    (tmp_path / "tiny.pt").write_bytes(b"t" * 5000)
+    seen = []
+
+    def corrupt(method, path, query):
+        if method == "PUT" and path.endswith("/tiny.pt") and (times is None or len(seen) < times):
+            seen.append(path)
+            return s3_error(400, "BadDigest", "The SHA256 you specified did not match the calculated checksum.")
+        return None
+
+    proxy.rules = [corrupt]
+    [result] = upload_paths(s3aws, "embedding", [str(tmp_path / "tiny.pt")])
+    assert result.status == status and len(seen) == (times or 2)
+    if times:
+        assert s3_bytes(s3aws, "models/embeddings/tiny.pt") == b"t" * 5000
+    else:
+        assert result.reason.startswith("the file arrived corrupted at S3 twice (BadDigest): the network or a proxy")
+        assert models_in_bucket(s3aws) == []
+
+
+def test_a_public_access_block_that_refuses_writes_is_named_first(s3aws, proxy, tmp_path):
+    """Ceph refuses every write under BlockPublicAcls with AccessDenied: the credentials are not the first suspect."""
+    (tmp_path / "m.safetensors").write_bytes(b"m" * 1000)
+    ceph = s3_error(403, "AccessDenied", "Access Denied: the bucket's PublicAccessBlock has BlockPublicAcls set")
+    proxy.rules = [lambda method, path, query: ceph if method == "PUT" else None]
+    [result] = upload_paths(s3aws, "lora", [str(tmp_path / "m.safetensors")])
+    assert result.status == "failed"
+    assert result.reason.startswith(f"Access denied while uploading: bucket '{s3aws.bucket}' refuses the write "
+                                    "because of its public access block (Access Denied: the bucket's")
+    assert "turn BlockPublicAcls off" in result.error and "credentials lack permission" in result.error
+    assert models_in_bucket(s3aws) == []
+
+
+def test_a_refused_write_names_the_bucket_policy_beside_the_credentials(s3aws, proxy, tmp_path):
+    make_file(tmp_path / "big.safetensors", 2 * PART)
+    proxy.rules = [lambda method, path, query: 403 if method == "POST" and "uploads" in query else None]
+    [result] = upload_paths(s3aws, "lora", [str(tmp_path / "big.safetensors")])
+    assert result.status == "failed"
+    assert (f"either the credentials lack permission to write to bucket '{s3aws.bucket}', or the bucket's "
+            "policy or public access block refuses the write") in result.error
+    assert models_in_bucket(s3aws) == [] and open_uploads(s3aws) == []
+
+
+@pytest.mark.parametrize("budget_parts", [1, 2])
+def test_parts_held_in_memory_stay_within_the_budget(s3aws, proxy, monkeypatch, budget_parts):
+    """Large parts: fewer of them at once (one part: it goes up before the next is read)."""
+    monkeypatch.setattr(transfer, "BUFFER_BUDGET", budget_parts * PART)
+    proxy.rules = [lambda method, path, query: ("delay", 0.1) if "partNumber" in query else None]
+    parts, most = [], [0]
+
+    class Part(bytearray):  # a bytearray that can be watched: alive while anything still refers to it
+        pass
+
+    def chunks():
+        for i in range(4):
+            # the parts still in memory, and the one about to be read
+            most[0] = max(most[0], sum(1 for p in parts if p() is not None) + 1)
+            part = Part(bytes([i]) * PART)
+            parts.append(weakref.ref(part))
+            yield part
+            del part
+
+    writer = ObjectWriter(s3aws, "models/Lora/held.safetensors", "held.safetensors")
+    sent = writer.write(chunks(), 4 * PART, PART)
+    assert sent.size == 4 * PART and most[0] == budget_parts and proxy.max_in_flight == 1
+
+
+def test_a_size_beyond_what_an_upload_can_hold_is_refused_before_any_request(s3aws, proxy):
+    writer = ObjectWriter(s3aws, "models/Lora/huge.safetensors", "huge.safetensors")
+    with pytest.raises(Refused, match=r"huge.safetensors: the file is 100,000,000,000,000 bytes, more than one "):
+        writer.write(iter([b"x" * PART]), 10**14, transfer.part_size_for(10**14))
+    assert sum(proxy.parts_passed.values()) == 0 and open_uploads(s3aws) == []

@@ -14,14 +14,19 @@ from urllib.parse import quote
 
 import pytest
 
+from aws_extension.aws import Aws
+from aws_extension.bootstrap import setup
+from aws_extension.config import Settings
 from aws_extension.errors import Refused
-from aws_extension.models import catalog, urls
+from aws_extension.models import catalog, transfer, urls
 from aws_extension.models.urls import upload_urls
+from faultproxy import fail_part, s3_error
 
 MiB = 1024 * 1024
 BIG = random.Random(7).randbytes(24 * MiB + 12345)  # 4 parts of 8 MiB
 SMALL = random.Random(8).randbytes(300_000)
 FILES = {"big.safetensors": BIG, "small.safetensors": SMALL}
+SENT = 20 * MiB + 777  # what /claim/ sends whatever it claims
 ETAG = '"v1"'
 
 
@@ -61,6 +66,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_file(data, cut=not self.headers.get("Range"))
         if kind == "cutnorange":
             return self.send_file(data, cut=True, ranges=False)
+        if kind == "claim":  # /claim/<bytes>/<name>: claims that length, sends 20 MiB and change, hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", rest.split("/")[0])
+            self.end_headers()
+            self.wfile.write(BIG[:SENT])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return None
         if kind == "chunked":
             return self.send_chunked(data)
         if kind == "close":  # no length: the end of the body is the end of the connection
@@ -287,7 +302,7 @@ def test_tokens_never_shown(aws, site):
              site.url("/f/gone.safetensors?token=SECRET"), site.url("/redirect/2/big.safetensors?sig=SECRET")]
     results = upload(aws, *batch, progress=seen.append)
     assert [r.status for r in results] == ["uploaded", "failed", "uploaded"]
-    record = s3_bytes(aws, "models/Lora/small.safetensors.json").decode()
+    record = s3_bytes(aws, "records/Lora/small.safetensors.json").decode()
     shown = json.dumps([r.dict() for r in results]) + record + repr(seen)
     assert "SECRET" not in shown and "hunter2" not in shown and "alice" not in shown
     assert f"127.0.0.1:{port}/f/small.safetensors?..." in shown
@@ -360,3 +375,52 @@ def test_https_checks_the_certificate_against_the_url_host(aws, site, tmp_path, 
     assert untrusted.status == "failed" and "TLS certificate check failed" in untrusted.error
     assert trusted.status == "uploaded", trusted.error
     assert wrong_name.status == "failed" and "TLS certificate check failed" in wrong_name.error
+
+
+# -- sizes a server claims, and S3 answers ------------------------------------------------------------
+def test_a_claimed_size_no_upload_can_hold_is_refused_before_anything_is_written(aws, site):
+    [result] = upload(aws, site.url("/claim/100000000000000/huge.safetensors?token=SECRET"))
+    assert result.status == "failed" and "SECRET" not in result.error
+    assert result.error.startswith(site.url("/claim/100000000000000/huge.safetensors?..."))
+    assert "the server says the file is 100,000,000,000,000 bytes, more than one upload can hold" in result.error
+    assert "nothing was uploaded" in result.error
+    assert nothing_left(aws)
+
+
+@pytest.mark.parametrize("claim", [30_000_000_000, 4_000_000_000_000])
+def test_memory_stays_bounded_whatever_size_is_claimed(claim):
+    """The parts held at once (in flight plus the one being read) for what a server claims, up to the limit."""
+    part = transfer.part_size_for(claim)
+    held = transfer.parts_held(part, 8)
+    assert 5 * MiB <= part <= transfer.MAX_BUFFERED_PART and claim <= part * transfer.MAX_PARTS
+    assert held * part <= max(transfer.BUFFER_BUDGET, part) <= 512 * MiB
+    assert transfer.MAX_UPLOAD >= 5 * 10**12 and transfer.MAX_BUFFERED_PART <= 5 * 1024**3
+
+
+def test_a_broken_download_names_the_bytes_received_and_leaves_nothing(aws, site):
+    """Two 8 MiB parts reach S3, then the server hangs up: the count is all bytes received, not the last read."""
+    [result] = upload(aws, site.url("/claim/30000000000/broken.safetensors"))
+    assert result.status == "failed", result.error
+    assert f"the download broke after {SENT:,} of 30,000,000,000 bytes" in result.error
+    assert nothing_left(aws)  # the multipart upload with its two parts is aborted
+
+
+@pytest.fixture
+def via_proxy(proxy):
+    """S3 through the fault proxy; two attempts per request keep failures quick."""
+    aws = Aws(Settings.resolve(concurrency=3, max_attempts=2))
+    setup(aws)
+    return aws
+
+
+@pytest.mark.parametrize("times, status", [(1, "uploaded"), (None, "failed")])
+def test_a_part_corrupted_on_the_way_is_sent_once_more(via_proxy, proxy, site, times, status):
+    proxy.rules = [fail_part({2}, s3_error(400, "BadDigest", "The CRC32 you specified did not match"), times)]
+    [result] = upload(via_proxy, site.url("/f/big.safetensors"))
+    assert result.status == status and proxy.parts_failed[2] == (times or 2)
+    if times:
+        assert s3_bytes(via_proxy, "models/Lora/big.safetensors") == BIG
+    else:
+        assert result.reason == ("part 2 arrived corrupted at S3 twice (BadDigest): the network or a proxy on the "
+                                 "way is altering data; nothing was kept, try again.")
+        assert nothing_left(via_proxy)

@@ -63,8 +63,10 @@ def page(browser):
 
 
 @pytest.fixture
-def tab(aws, tmp_path, page):
-    """The standalone tab on the emulator (bucket set up), model folder tmp_path/models, opened in Chromium."""
+def tab(aws, tmp_path, page, monkeypatch):
+    """The standalone tab on the emulator (bucket set up), model folder tmp_path/models, opened in Chromium; its
+    endpoint lists follow endpoints in transition every half second."""
+    monkeypatch.setattr("aws_extension.ui.endpoints.WATCH_SECONDS", 0.5)
     models = tmp_path / "models"
     models.mkdir()
     with standalone([str(models)]) as url:

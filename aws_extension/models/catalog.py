@@ -1,17 +1,28 @@
-"""What is in the cloud: list models (one LIST per 1,000 keys), read one record, delete."""
+"""What is in the cloud: list models (one LIST per 1,000 keys), read one record, find by hash, delete.
+
+Layout: the models under `models/<folder>/<name>`, nothing else there, so a listing is one LIST per 1,000 models.
+Each model's record at `records/<folder>/<name>.json`, and an empty marker `hashes/<sha256>/<folder>/<name>`, so
+an infotext's short hash is found by one LIST of `hashes/<short>` rather than by reading every record. Records
+that older versions kept beside the model (`<key>.json`) move to this layout when a listing meets them."""
 
 from __future__ import annotations
 
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..aws import Aws, is_not_found, iso, translate
 from ..compat import BaseModel
 from ..errors import NotFound
 from .types import has_model_extension, model_type, type_of_key
 
+MODELS = "models/"
+RECORDS = "records/"
+HASHES = "hashes/"
 RECORD_SUFFIX = ".json"
+log = logging.getLogger(__name__)
 
 
 class ModelRecord(BaseModel):
@@ -47,47 +58,111 @@ def now_iso() -> str:
 
 
 def record_key(key: str) -> str:
+    """Where the record of the model at `key` lives (a key outside models/ keeps its record beside it)."""
+    return (RECORDS + key[len(MODELS):] if key.startswith(MODELS) else key) + RECORD_SUFFIX
+
+
+def legacy_record_key(key: str) -> str:
     return key + RECORD_SUFFIX
 
 
+def hash_key(sha256: str, key: str) -> str:
+    return f"{HASHES}{sha256.lower()}/{key[len(MODELS):]}"
+
+
 def write_record(aws: Aws, record: ModelRecord) -> None:
+    s3 = aws.client("s3")
     with translate(f"writing the record of {record.key}"):
-        aws.client("s3").put_object(
-            Bucket=aws.bucket, Key=record_key(record.key), Body=record.json(indent=2).encode(),
-            ContentType="application/json",
-        )
+        s3.put_object(Bucket=aws.bucket, Key=record_key(record.key), Body=record.json(indent=2).encode(),
+                      ContentType="application/json")
+        if record.sha256 and record.key.startswith(MODELS):
+            s3.put_object(Bucket=aws.bucket, Key=hash_key(record.sha256, record.key), Body=b"")
 
 
-def read_record(aws: Aws, key: str) -> Optional[ModelRecord]:
+def _get_record(aws: Aws, record_at: str, key: str) -> Optional[bytes]:
     try:
-        body = aws.client("s3").get_object(Bucket=aws.bucket, Key=record_key(key))["Body"].read()
+        return aws.client("s3").get_object(Bucket=aws.bucket, Key=record_at)["Body"].read()
     except Exception as exc:
         if is_not_found(exc):
             return None
         with translate(f"reading the record of {key}"):
             raise
+
+
+def parse_record(body: Optional[bytes]) -> Optional[ModelRecord]:
     try:
-        return ModelRecord.parse_obj(json.loads(body))
+        return ModelRecord.parse_obj(json.loads(body)) if body is not None else None
     except Exception:  # a hand-edited or foreign record: the model still lists, without its details
         return None
 
 
+def read_record(aws: Aws, key: str) -> Optional[ModelRecord]:
+    """The model's record; one written by an older version beside the model is read where it is until it moves."""
+    body = _get_record(aws, record_key(key), key)
+    if body is None and key.startswith(MODELS):
+        body = _get_record(aws, legacy_record_key(key), key)
+    return parse_record(body)
+
+
+def _migrate(aws: Aws, legacy: List[str]) -> None:
+    """Move records kept beside their models (older versions) to records/ with their hash markers. Best effort:
+    a record that cannot move stays readable where it is."""
+    def move(old: str) -> Optional[str]:
+        key = old[:-len(RECORD_SUFFIX)]
+        try:
+            body = _get_record(aws, old, key)
+            record = parse_record(body)
+            if body is None:
+                return None
+            aws.client("s3").put_object(Bucket=aws.bucket, Key=record_key(key), Body=body,
+                                        ContentType="application/json")
+            if record and record.sha256:
+                aws.client("s3").put_object(Bucket=aws.bucket, Key=hash_key(record.sha256, key), Body=b"")
+            return old
+        except Exception as exc:  # noqa: BLE001 - the listing itself must not fail for it
+            log.warning("Amazon SageMaker: could not move the record of %s to %s: %s", key, RECORDS, exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        moved = [k for k in pool.map(move, legacy) if k]
+    for i in range(0, len(moved), 1000):
+        with translate(f"removing moved records from {aws.s3_uri(MODELS)}"):
+            aws.client("s3").delete_objects(Bucket=aws.bucket, Delete={
+                "Objects": [{"Key": k} for k in moved[i:i + 1000]], "Quiet": True})
+    if moved:
+        log.info("Amazon SageMaker: moved %d model record(s) to %s (once)", len(moved), aws.s3_uri(RECORDS))
+
+
 def list_models(aws: Aws, type_name: Optional[str] = None) -> List[CloudModel]:
-    """One LIST request per 1,000 keys under models/ (or one type's folder); records are skipped."""
-    prefix = model_type(type_name).prefix if type_name else "models/"
+    """One LIST request per 1,000 models under models/ (or one type's folder). Records an older version kept
+    there are moved out on the way (once)."""
+    prefix = model_type(type_name).prefix if type_name else MODELS
+    models, legacy = _listed(aws, prefix)
+    keys = {m.key for m in models}
+    legacy = [k for k in legacy if k[:-len(RECORD_SUFFIX)] in keys]
+    if legacy:
+        _migrate(aws, legacy)
+    return models
+
+
+def _listed(aws: Aws, prefix: str) -> Tuple[List[CloudModel], List[str]]:
+    """The models under prefix, and the records an older version kept beside them."""
     models: List[CloudModel] = []
+    legacy: List[str] = []
     with translate(f"listing {aws.s3_uri(prefix)}"):
         pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
         for page in pages:
             for obj in page.get("Contents", []):
                 t = type_of_key(obj["Key"])
                 name = obj["Key"][len(t.prefix):] if t else ""
+                if t and name.endswith(RECORD_SUFFIX) and has_model_extension(name[:-len(RECORD_SUFFIX)]):
+                    legacy.append(obj["Key"])
                 if not t or "/" in name or not has_model_extension(name):
-                    continue  # records, and anything not a model
+                    continue  # anything not a model
                 models.append(CloudModel(
                     type=t.id, name=name, key=obj["Key"], size=obj["Size"], last_modified=iso(obj["LastModified"]),
                 ))
-    return models
+    return models, legacy
 
 
 def head_model(aws: Aws, key: str) -> Optional[dict]:
@@ -118,6 +193,46 @@ def same_source(aws: Aws, key: str, source: str, etag: str, size: int) -> Option
     return record if record and (record.source, record.source_etag, record.size) == (source, etag, size) else None
 
 
+def model_at(aws: Aws, type_name: str, name: str) -> Optional[CloudModel]:
+    """The model of this type and exact file name (one HEAD), or None."""
+    t = model_type(type_name)
+    head = head_model(aws, t.key(name)) if "/" not in name else None
+    return CloudModel(type=t.id, name=name, key=t.key(name), size=head["ContentLength"],
+                      last_modified=iso(head["LastModified"])) if head else None
+
+
+def models_with_stem(aws: Aws, type_name: str, stem: str) -> List[CloudModel]:
+    """The models of this type whose name is `stem` plus an extension (one LIST of `<stem>.`)."""
+    models, _ = _listed(aws, model_type(type_name).prefix + stem + ".")
+    return [m for m in models if m.name.rsplit(".", 1)[0] == stem]
+
+
+def find_by_hash(aws: Aws, type_name: str, short_hash: str) -> List[CloudModel]:
+    """The models of this type whose recorded sha256 starts with short_hash: one LIST of the hash markers, then one
+    record read per hit to confirm it (a marker left by a replaced model is removed)."""
+    t = model_type(type_name)
+    prefix = HASHES + short_hash.lower()
+    with translate(f"looking up {aws.s3_uri(prefix)}"):
+        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
+        markers = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    found = []
+    for marker in markers:
+        sha256, _, rest = marker[len(HASHES):].partition("/")
+        key = MODELS + rest
+        if type_of_key(key) != t or "/" in key[len(t.prefix):]:
+            continue
+        record = read_record(aws, key)
+        if record and (record.sha256 or "").lower() == sha256:
+            found.append(CloudModel(type=t.id, name=key[len(t.prefix):], key=key, size=record.size,
+                                    last_modified=record.uploaded_at, sha256=record.sha256))
+        else:
+            try:
+                aws.client("s3").delete_object(Bucket=aws.bucket, Key=marker)
+            except Exception as exc:  # noqa: BLE001 - it is skipped either way
+                log.warning("Amazon SageMaker: could not remove the stale marker %s: %s", marker, exc)
+    return sorted(found, key=lambda m: m.name)
+
+
 def show_model(aws: Aws, type_name: str, name: str) -> CloudModel:
     t = model_type(type_name)
     key = t.key(name)
@@ -139,7 +254,10 @@ def delete_model(aws: Aws, type_name: str, name: str) -> None:
     key = t.key(name)
     if head_model(aws, key) is None:
         raise NotFound(f"No {t.label} named '{name}' in {aws.s3_uri(t.prefix)}.")
+    record = read_record(aws, key)
+    gone = [key, record_key(key), legacy_record_key(key)]
+    gone += [hash_key(record.sha256, key)] if record and record.sha256 else []
     with translate(f"deleting {aws.s3_uri(key)}"):
         aws.client("s3").delete_objects(
-            Bucket=aws.bucket, Delete={"Objects": [{"Key": key}, {"Key": record_key(key)}], "Quiet": True}
+            Bucket=aws.bucket, Delete={"Objects": [{"Key": k} for k in gone], "Quiet": True}
         )

@@ -1,10 +1,12 @@
 """The multipart engine: a stream of bytes into one S3 object.
 
-Parts go up in parallel while the next ones are read, so memory stays at (concurrency + 1) parts whatever
-the size. The sha256 of the whole object is computed on the way; every part carries its CRC32, which S3
-checks, and the completed object's composite checksum is compared with ours. An upload cut off by the
-network or the user stays open in S3 and the next attempt resumes it (parts already there whose size and
-CRC32 match are not sent again); any other failure aborts it so nothing half-written is left.
+Parts go up in parallel while the next ones are read, each read straight into its own buffer; at most
+BUFFER_BUDGET of parts (never fewer than one, of at most MAX_BUFFERED_PART) are held at once, whatever the
+size a source claims. The sha256 of the whole object is computed on the way; every part carries its CRC32,
+which S3 checks (a part S3 finds altered on arrival is sent once more), and the completed object's
+composite checksum is compared with ours. An upload cut off by the network or the user stays open in S3
+and the next attempt resumes it (parts already there whose size and CRC32 match are not sent again); any
+other failure aborts it so nothing half-written is left.
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional
 import botocore.exceptions as bex
 
 from ..aws import Aws, describe, error_code
-from ..errors import Interrupted, TransferError, UserError
+from ..errors import Interrupted, Refused, TransferError, UserError
 from .catalog import record_key
 
 MiB = 1024 * 1024
 MIN_PART = 8 * MiB  # S3's minimum is 5 MiB; 8 MiB is boto3's default and a good request size
 MAX_PARTS = 10_000
+# Parts are held whole in memory (each carries its CRC32 up front, and a retry sends it again), so a part
+# may not grow with the size a server claims: 512 MiB parts still give 5.37 TB, beyond S3's 5 TB objects.
+MAX_BUFFERED_PART = 512 * MiB
+MAX_UPLOAD = MAX_PARTS * MAX_BUFFERED_PART
+BUFFER_BUDGET = 256 * MiB  # parts in flight plus the one being read; one part when a single part is larger
+READ_PIECE = MiB  # a network read's own transient copy
+# S3 computed another checksum than the one sent with the bytes: they changed on the way.
+CORRUPTED = ("BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest")
 
 
 @dataclass
@@ -60,18 +70,44 @@ def composite_crc32(part_checksums: List[str]) -> str:
     return f"{crc32_b64(joined)}-{len(part_checksums)}"
 
 
-def read_chunks(stream, part_size: int) -> Iterator[bytes]:
+def parts_held(part_size: int, concurrency: int) -> int:
+    """How many parts may be in memory at once: the ones uploading plus the one being read."""
+    return max(1, min(concurrency + 1, BUFFER_BUDGET // part_size))
+
+
+def check_upload_size(total: Optional[int], item: str, size_is: str = "the file is") -> None:
+    """Refuse, before anything is written, a size that cannot go up in 10,000 parts we are willing to hold."""
+    if total is not None and total > MAX_UPLOAD:
+        raise Refused(f"{item}: {size_is} {total:,} bytes, more than one upload can hold ({MAX_UPLOAD:,} bytes: "
+                      f"{MAX_PARTS:,} parts of {MAX_BUFFERED_PART // MiB} MiB; an S3 object holds about 5 TB); "
+                      "nothing was uploaded.")
+
+
+def _read_into(stream, view: memoryview) -> int:
+    data = stream.read(len(view))
+    view[:len(data)] = data
+    return len(data)
+
+
+def read_chunks(stream, part_size: int) -> Iterator[bytearray]:
+    """Parts of `part_size` bytes (the last may be shorter), each read in place into its own buffer: no
+    concatenation, so the memory a part takes is its size, not a multiple of it."""
+    readinto = getattr(stream, "readinto", None) or (lambda view: _read_into(stream, view))
     while True:
-        chunk = stream.read(part_size)
-        if not chunk:
+        part, filled = bytearray(part_size), 0
+        with memoryview(part) as view:
+            # A stream may return short reads (sockets do): fill the part so every part but the last is full size.
+            while filled < part_size:
+                with view[filled:] as rest:
+                    got = readinto(rest)
+                if not got:
+                    break
+                filled += got
+        if not filled:
             return
-        # A stream may return short reads (sockets do): fill the part so every part but the last is full size.
-        while len(chunk) < part_size:
-            more = stream.read(part_size - len(chunk))
-            if not more:
-                break
-            chunk += more
-        yield chunk
+        del part[filled:]
+        yield part
+        del part  # before the next part is allocated: the consumer holds this one as long as it needs it
 
 
 def is_interruption(exc: BaseException) -> bool:
@@ -126,14 +162,20 @@ class ObjectWriter:
     # -- public -------------------------------------------------------------------------------------
     def write(self, chunks: Iterable[bytes], total: Optional[int], part_size: int) -> SentObject:
         """Send every chunk; returns what was written. Raises Interrupted (resumable) or TransferError."""
+        check_upload_size(total, self.item)
+        if part_size > MAX_BUFFERED_PART:
+            raise Refused(f"{self.item}: parts of {part_size // MiB} MiB are larger than the "
+                          f"{MAX_BUFFERED_PART // MiB} MiB held in memory; nothing was uploaded.")
         chunks = iter(chunks)
-        first = next(chunks, b"")
-        second = next(chunks, None) if len(first) >= part_size else None
-        if second is None:
-            return self._put_single(first)
+        # a list, not locals: this frame must not keep parts alive for the whole upload
+        head = [next(chunks, b"")]
+        if len(head[0]) >= part_size and (total is None or total <= part_size):
+            head.append(next(chunks, None))  # one part by the size (or no size): look whether more follows
+        if len(head[0]) < part_size or head[-1] is None:
+            return self._put_single(head[0])
         remote = self._find_open_upload() or self._create_upload()
         try:
-            return self._send_parts(remote, _prepend(first, second, chunks), total, part_size)
+            return self._send_parts(remote, _prepend(head, chunks), total, part_size)
         except BaseException as exc:
             if is_interruption(exc):
                 raise self._interrupted(exc) from exc
@@ -146,10 +188,10 @@ class ObjectWriter:
         digest = hashlib.sha256(body)
         try:
             # S3 verifies the sha256 of a single PUT itself.
-            self.s3.put_object(
+            self._checked("the file", lambda: self.s3.put_object(
                 Bucket=self.aws.bucket, Key=self.key, Body=body, ContentType=self.content_type,
                 ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
-            )
+            ))
         except BaseException as exc:
             raise (self._interrupted(exc) if is_interruption(exc) else self._failed(exc)) from exc
         self.progress(Progress(self.item, len(body), len(body)))
@@ -201,10 +243,10 @@ class ObjectWriter:
 
         def upload(number: int, body: bytes, checksum: str) -> dict:
             self._check_cancel()
-            resp = self.s3.upload_part(
+            resp = self._checked(f"part {number}", lambda: self.s3.upload_part(
                 Bucket=self.aws.bucket, Key=self.key, UploadId=remote.upload_id, PartNumber=number,
                 Body=body, ChecksumCRC32=checksum,
-            )
+            ))
             return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": checksum, "Size": len(body)}
 
         def settle(futures) -> None:
@@ -217,9 +259,18 @@ class ObjectWriter:
                     done_bytes += part["Size"]
                 self.progress(Progress(self.item, done_bytes, total))
 
+        def drain(most: int) -> None:
+            while len(pending) > most:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                settle(finished)
+
+        held = parts_held(part_size, self.concurrency)
+        slots = max(1, held - 1)  # parts uploading at once: the rest of what is held is the part being read
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-part") as pool:
             try:
-                for number, chunk in enumerate(chunks, start=1):
+                number = 0
+                for chunk in chunks:  # not enumerate(): its reused result tuple would keep the last part alive
+                    number += 1
                     if number > MAX_PARTS:
                         raise TransferError(f"{self.item}: larger than S3's 10,000 parts of {part_size // MiB} MiB.")
                     self._check_cancel()
@@ -232,13 +283,13 @@ class ObjectWriter:
                         done_bytes += len(chunk)
                         reused += 1
                         self.progress(Progress(self.item, done_bytes, total))
+                        del chunk
                         continue
-                    while len(pending) >= self.concurrency:  # bounded memory: wait for a slot
-                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        settle(finished)
+                    drain(slots - 1)  # a free slot
                     pending[pool.submit(upload, number, chunk, checksum)] = number
                     sent += 1
                     del chunk
+                    drain(held - 1)  # room for the part read next: with one part held, none stays in flight
                 settle(list(wait(pending).done))
             except BaseException:
                 self._stop.set()  # stop queued parts quickly
@@ -257,6 +308,23 @@ class ObjectWriter:
         verify_completed(self.aws, self.key, self.item, completed, size, [p["ChecksumCRC32"] for p in parts])
         return SentObject(self.key, size, sha.hexdigest(), parts_sent=sent, parts_reused=reused,
                           resumed=bool(remote.parts))
+
+    def _checked(self, what: str, send: Callable[[], dict]) -> dict:
+        """One request, sent once more when S3 says the bytes arrived altered; twice is not chance."""
+        try:
+            return send()
+        except bex.ClientError as exc:
+            if error_code(exc) not in CORRUPTED:
+                raise
+        self._check_cancel()
+        try:
+            return send()
+        except bex.ClientError as exc:
+            code = error_code(exc)
+            if code not in CORRUPTED:
+                raise
+            raise TransferError(f"{self.item}: {what} arrived corrupted at S3 twice ({code}): the network or a "
+                                "proxy on the way is altering data; nothing was kept, try again.") from exc
 
     # -- endings ------------------------------------------------------------------------------------
     def _abort(self, upload_id: str) -> None:
@@ -315,7 +383,7 @@ def describe_short(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _prepend(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield second
+def _prepend(head: List[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    while head:  # popped, so that a part sent is not still referenced here
+        yield head.pop(0)
     yield from rest

@@ -23,7 +23,7 @@ from ..aws import Aws
 from ..errors import Interrupted, Refused, TransferError, UserError
 from .catalog import same_source
 from .url_safety import redact_url, resolve_host
-from .transfer import Progress, ProgressFn, part_size_for, read_chunks
+from .transfer import READ_PIECE, Progress, ProgressFn, check_upload_size, part_size_for, read_chunks
 from .types import ModelType, check_file_name, model_type
 from .uploads import UploadResult, failed, store_model
 
@@ -191,6 +191,16 @@ class _Download:
             want -= len(piece)
         return b"".join(pieces)
 
+    def readinto(self, view: memoryview) -> int:
+        """Into a part's own buffer, a piece at a time: the network library copies what it returns."""
+        if self.pending:
+            n = min(len(view), len(self.pending))
+            view[:n], self.pending = self.pending[:n], self.pending[n:]
+            return n
+        data = self._read_some(min(len(view), READ_PIECE))
+        view[:len(data)] = data
+        return len(data)
+
     def _read_some(self, n: int) -> bytes:
         failures = 0
         while True:
@@ -198,7 +208,9 @@ class _Download:
             try:
                 if self.resp is None:
                     raise ConnectionError("reconnect failed")
-                data = self.resp.read(n)
+                # read1 where there is one (urllib3 2): what has arrived, so bytes received before a cut are
+                # counted and kept rather than dropped with a half-filled read(n)
+                data = self.resp.read1(n) if hasattr(self.resp, "read1") else self.resp.read(n)
                 short = not data and self.total is not None and self.got < self.total
                 problem = "the connection closed early" if short else ""
             except (ue.HTTPError, OSError) as exc:
@@ -256,6 +268,8 @@ def upload_url(aws: Aws, t: ModelType, url: str, description: Optional[dict] = N
         length = resp.headers.get("Content-Length", "")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         total = int(length) if length.isdigit() and not encoded else None
+        # before a byte is read or written: the parts (and so the memory) a claimed size would need
+        check_upload_size(total, item, "the server says the file is")
         etag = resp.headers.get("ETag", "")
         strong = etag if etag and not etag.startswith("W/") and not encoded else None
         if strong and total is not None:  # the server vouches it is the same file: nothing to send again

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 from ..aws import Aws, describe, is_not_found, split_s3_uri, translate
 from ..errors import NotFound, Refused, TransferError
-from ..models.catalog import ModelRecord, record_key
+from ..models.catalog import legacy_record_key, parse_record, record_key
 
 log = logging.getLogger(__name__)
 
@@ -202,17 +202,17 @@ class ModelCache:
 
     def _record_sha256(self, uri: str, bucket: str, key: str) -> Optional[str]:
         # read from the model's own bucket (not aws.bucket): endpoints may load models from any bucket
-        try:
-            body = self.aws.client("s3").get_object(Bucket=bucket, Key=record_key(key))["Body"].read()
-        except Exception as exc:
-            if is_not_found(exc):
-                return None  # a model without a record is taken as it is
-            with translate(f"reading the record of {uri}"):
-                raise
-        try:
-            return ModelRecord.parse_obj(json.loads(body)).sha256
-        except Exception:  # a hand-edited or foreign record: nothing to check against
-            return None
+        for at in dict.fromkeys((record_key(key), legacy_record_key(key))):  # where older versions kept it, too
+            try:
+                body = self.aws.client("s3").get_object(Bucket=bucket, Key=at)["Body"].read()
+            except Exception as exc:
+                if is_not_found(exc):
+                    continue
+                with translate(f"reading the record of {uri}"):
+                    raise
+            record = parse_record(body)  # a hand-edited or foreign record: nothing to check against
+            return record.sha256 if record else None
+        return None  # a model without a record is taken as it is
 
     # -- size bound and index -------------------------------------------------------------------------
     def _evict(self, keep: str, uri: str) -> None:

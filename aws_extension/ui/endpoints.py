@@ -2,19 +2,93 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from typing import Callable, Optional
+
 import gradio as gr
 
 from ..endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
 from ..endpoints.catalog import HOURLY_USD, hourly_cost, running_text
 from ..endpoints.deploy import initial_instances
 from ..generation import cloud_checkpoints
-from .context import NOT_DELETED, TabContext, choice_update, confirm_delete, handled, message
+from .context import GRADIO_4, NOT_DELETED, TabContext, choice_update, confirm_delete, handled, log, message
 
 INSTANCE_TYPES = ["ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",
                   "ml.g5.8xlarge", "ml.g5.12xlarge", "ml.g6.xlarge", "ml.g6.2xlarge", "ml.g6e.xlarge",
                   "ml.g6e.2xlarge", "ml.p4d.24xlarge", "ml.p5.48xlarge"]
 COUNTS = [str(n) for n in range(0, 11)]
 NO_PRELOAD = "None"  # the preload dropdown's "no checkpoint": the first request loads the one it names
+# While an endpoint is in one of these states the lists re-read the endpoints every WATCH_SECONDS (one listing per
+# page), and not at all once every endpoint is settled: a creation takes minutes, a poll costs API calls.
+TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
+WATCH_SECONDS = float(os.environ.get("SD_SAGEMAKER_WATCH_SECONDS") or 20)
+
+
+class Watch:
+    """The page's endpoint lists follow the endpoints by themselves while any is in transition.
+
+    Each listing notes in the page's state whether something is in transition; the events that list (page open,
+    Refresh, Deploy, Delete) are followed by a loop that re-lists while it is so. A page's newest loop is its only
+    one; the loop sleeps without holding a thread, and ends (no more calls) once all are settled.
+    """
+
+    def __init__(self, ctx: TabContext):
+        self.ctx = ctx
+        self.page = gr.State({})  # per page, passed by reference: "busy", the running loop, each list's choice
+        self.views: list = []  # (dropdown, key of its choice in the page, render(records, choice) -> update)
+        self.listings: list = []  # the events whose listing can start a loop
+
+    def listed(self, page: dict) -> list:
+        records = list_endpoints(self.ctx.aws())  # also attaches autoscaling to endpoints now InService
+        page["busy"] = any(e.status in TRANSITIONAL for e in records)
+        return records
+
+    def view(self, dropdown, key: str, render: Callable) -> None:
+        """A list the loop updates, keeping the page's choice (recorded as it changes: the loop cannot read it)."""
+        def chosen(value, page):
+            page[key] = value
+
+        dropdown.change(chosen, [dropdown, self.page], None, queue=False, show_progress="hidden")
+        self.views.append((dropdown, key, render))
+
+    def after(self, event) -> None:
+        self.listings.append(event)
+
+    async def loop(self, page: dict):
+        mine = object()
+        page["loop"] = mine
+        for _, key, _ in self.views:  # the listing before this loop changed what the page shows
+            page.pop("shown " + key, None)
+        while page.get("busy"):
+            await asyncio.sleep(WATCH_SECONDS)
+            if page.get("loop") is not mine:  # a newer listing started its own loop
+                return
+            try:
+                records = await asyncio.get_running_loop().run_in_executor(None, self.listed, page)
+            except Exception as exc:  # noqa: BLE001 - Refresh says what is wrong; no retries against a failing API
+                log.warning("Amazon SageMaker: following the endpoints stopped: %s", exc)
+                return
+            updates = []
+            for _, key, render in self.views:  # a list that did not change is left alone (it may be open)
+                update = render(records, page.get(key))
+                updates.append(gr.update() if update == page.get("shown " + key) else update)
+                page["shown " + key] = update
+            # a yield even with nothing new: a page that went away ends its loop there
+            yield updates[0] if len(updates) == 1 else tuple(updates)  # gradio takes one output's value bare
+
+    def wire(self) -> None:
+        """Once every list is built: the loop after each listing event."""
+        outputs = [dropdown for dropdown, _, _ in self.views]
+        # gradio 4 runs one call of an event at a time by default: every page's loop must run
+        unlimited = {"concurrency_limit": None} if GRADIO_4 else {}
+        for event in self.listings:
+            event.then(self.loop, self.page, outputs, show_progress="hidden", **unlimited)
+
+
+def name_of(choice: Optional[str]) -> Optional[str]:
+    """The endpoint a choice names (names have no spaces): the label changes with its status, the name does not."""
+    return choice.split(" ", 1)[0] if choice else None
 
 
 def endpoint_choice(e) -> str:
@@ -84,7 +158,7 @@ def deploy_form(ctx: TabContext) -> None:
     return button.click(start, [advanced, name, kind, instance, most, scaling, fewest, preload], output)
 
 
-def management(ctx: TabContext) -> None:
+def management(ctx: TabContext, watch: Watch, deployed) -> None:
     gr.Markdown("#### Inference Endpoint Management")
     with gr.Row():
         endpoints = gr.Dropdown([], label="Inference Endpoint Management", elem_id="sagemaker-endpoints")
@@ -93,18 +167,20 @@ def management(ctx: TabContext) -> None:
     output = gr.Textbox(label="Endpoint result", interactive=False, elem_id="sagemaker-endpoint-result")
     names: dict = {}
 
-    def listing(keep=None):
-        try:
-            listed = list_endpoints(ctx.aws())  # also attaches autoscaling to endpoints now InService
-        except Exception as exc:  # noqa: BLE001
-            return choice_update([]), message(exc)
+    def render(listed: list, keep: Optional[str]):
         names.clear()
         names.update({endpoint_choice(e): e.name for e in listed})
-        kept = next((c for c, n in names.items() if n == keep), None)
-        return choice_update(list(names), kept, first=False), \
-            f"{len(names)} endpoint(s)." if names else "No endpoints yet."
+        kept = next((c for c, n in names.items() if n == name_of(keep)), None)
+        return choice_update(list(names), kept, first=False)
 
-    def remove(choice):
+    def listing(page: dict, keep=None):
+        try:
+            listed = watch.listed(page)
+        except Exception as exc:  # noqa: BLE001
+            return choice_update([]), message(exc)
+        return render(listed, keep), f"{len(names)} endpoint(s)." if names else "No endpoints yet."
+
+    def remove(choice, page):
         if choice == "":
             return gr.update(), NOT_DELETED
         if choice not in names:
@@ -114,24 +190,25 @@ def management(ctx: TabContext) -> None:
             delete_endpoint(ctx.aws(), name)
         except Exception as exc:  # noqa: BLE001
             return gr.update(), message(exc)
-        listing()  # refreshes `names`; if that fails, the list is still right less this endpoint
+        listing(page)  # refreshes `names`; if that fails, the list is still right less this endpoint
         # nothing chosen afterwards, so a second click cannot delete another endpoint
         return gr.update(choices=list(names), value=None), f"Endpoint delete completed: {name}"
 
-    def relist(choice):
-        return listing(names.get(choice))
+    def relist(choice, page):
+        return listing(page, choice)
 
-    refresh.click(relist, endpoints, [endpoints, output])
-    delete.click(remove, endpoints, [endpoints, output],
-                 **confirm_delete("Delete endpoint {} and everything billable with it (its config, model and "
-                                  "autoscaling)?"))
-    return relist, [endpoints], [endpoints, output]
+    watch.view(endpoints, "endpoint", render)
+    watch.after(refresh.click(relist, [endpoints, watch.page], [endpoints, output]))
+    watch.after(delete.click(remove, [endpoints, watch.page], [endpoints, output],
+                             **confirm_delete("Delete endpoint {} and everything billable with it (its config, model "
+                                              "and autoscaling)?")))
+    watch.after(deployed.then(relist, [endpoints, watch.page], [endpoints, output]))  # the new endpoint shows at once
+    return relist, [endpoints, watch.page], [endpoints, output]
 
 
-def build(ctx: TabContext) -> list:
-    """The section; returns its list's loader (fn, inputs, outputs), run when the page opens and after a deploy."""
+def build(ctx: TabContext, watch: Watch) -> list:
+    """The section; returns its list's loader (fn, inputs, outputs), run when the page opens (and followed by
+    `watch`'s loop, like every listing here: tab.py wires it once all lists are built)."""
     gr.Markdown("### Cloud Assets Management")
     deployed = deploy_form(ctx)
-    loader = management(ctx)
-    deployed.then(*loader)  # the new endpoint shows in the list at once
-    return [loader]
+    return [management(ctx, watch, deployed)]

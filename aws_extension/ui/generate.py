@@ -11,12 +11,12 @@ import time
 import gradio as gr
 
 from ..errors import Interrupted
-from ..generation import (OWN_VAE, cloud_checkpoints, cloud_vaes, invoke, png_parameters, resolve_models,
-                          serving_endpoints)
+from ..generation import OWN_VAE, SERVING, cloud_checkpoints, cloud_vaes, invoke, png_parameters, resolve_models
 from ..serve.infotext import png_base64
 from ..models.transfer import Progress
 from ..serve import request
 from .context import TabContext, choice_update, message, run_with_progress
+from .endpoints import Watch
 
 SAMPLERS = list(request.SAMPLERS)  # what the inference server takes
 SCHEDULES = list(request.SCHEDULES)
@@ -37,7 +37,11 @@ def stop_job(job: dict) -> None:
         job["cancel"].set()
 
 
-def build(ctx: TabContext) -> None:
+def serving(listed: list) -> list:
+    return [e.name for e in listed if e.status in SERVING]
+
+
+def build(ctx: TabContext, watch: Watch) -> None:
     gr.Markdown("### Generate\nOn an InService endpoint, with the checkpoint and VAE from the cloud.")
     with gr.Row():
         endpoint = gr.Dropdown([], label="Endpoint", elem_id="sagemaker-gen-endpoint")
@@ -71,9 +75,9 @@ def build(ctx: TabContext) -> None:
     # gradio's own `cancels` does not reliably close a generator, so Stop sets the core's cancel itself
     job = gr.State({})
 
-    def list_serving(keep):
+    def list_serving(keep, page):
         try:
-            names = serving_endpoints(ctx.aws())
+            names = serving(watch.listed(page))
         except Exception as exc:  # noqa: BLE001
             return choice_update([]), message(exc)
         text = f"{len(names)} InService endpoint(s)." if names else \
@@ -152,7 +156,9 @@ def build(ctx: TabContext) -> None:
         index = evt.index if isinstance(evt.index, int) else 0
         return texts[index] if 0 <= index < len(texts) else gr.update()
 
-    endpoints_refresh.click(list_serving, endpoint, [endpoint, result])
+    # an endpoint shows here once it is InService, without a Refresh
+    watch.view(endpoint, "serving", lambda listed, keep: choice_update(serving(listed), keep))
+    watch.after(endpoints_refresh.click(list_serving, [endpoint, watch.page], [endpoint, result]))
     models_refresh.click(list_cloud_models, [checkpoint, vae], [checkpoint, vae, result])
     form = [job, endpoint, checkpoint, vae, prompt, negative, sampler, schedule, steps, cfg, width, height, batch, seed,
             init, strength]

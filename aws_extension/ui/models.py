@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gradio as gr
 
@@ -29,7 +30,17 @@ def split_paths(text: str) -> list:
     return [p.strip() for line in (text or "").splitlines() for p in line.split(",") if p.strip()]
 
 
-def from_webui(ctx: TabContext) -> None:
+def folders_text(folders: list) -> str:
+    """The folders 'from WebUI' takes paths from, as its refusals name them (resolved)."""
+    if not folders:
+        return "(none: no model folders are configured, so no path can be uploaded from this machine)"
+    return "\n".join(f"- `{Path(f).expanduser().resolve()}`" for f in folders)
+
+
+def from_webui(ctx: TabContext) -> tuple:
+    # said before any upload, not only in a refusal; the folders are read as the page opens (settings can change)
+    gr.Markdown("Paths may come only from these model folders (a bare file name is looked up in them):")
+    folders = gr.Markdown(elem_id="sagemaker-webui-folders")
     boxes = [gr.Textbox(label=t.label, lines=2, placeholder="one path per line", elem_id=f"sagemaker-path-{t.id}")
              for t in MODEL_TYPES]
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-webui-upload")
@@ -51,7 +62,7 @@ def from_webui(ctx: TabContext) -> None:
 
         yield from run_with_progress(work, progress_lines(), result_lines)
 
-    return button.click(upload, boxes, output)
+    return button.click(upload, boxes, output), (lambda: folders_text(ctx.model_folders()), None, folders)
 
 
 def from_laptop() -> None:
@@ -140,11 +151,11 @@ def cloud_models(ctx: TabContext) -> None:
 
 
 def build(ctx: TabContext) -> list:
-    """The section; returns its lists' loaders (fn, inputs, outputs), run when the page opens."""
+    """The section; returns its loaders (fn, inputs, outputs), run when the page opens."""
     gr.Markdown("### Cloud Models Management")
     with gr.Tabs():
         with gr.Tab("from WebUI", elem_id="sagemaker-tab-webui"):
-            webui_done = from_webui(ctx)
+            webui_done, folders_loader = from_webui(ctx)
         with gr.Tab("from Laptop", elem_id="sagemaker-tab-laptop"):
             from_laptop()
         with gr.Tab("from URL", elem_id="sagemaker-tab-url"):
@@ -153,4 +164,4 @@ def build(ctx: TabContext) -> list:
             loader = cloud_models(ctx)
     for done in (webui_done, url_done):  # the cloud's list shows what was just uploaded
         done.then(*loader)
-    return [loader]
+    return [folders_loader, loader]

@@ -57,11 +57,12 @@ def build_app(ctx: TabContext):
 def launch(demo, host: str, port: int, auth=None):
     """Serve the Blocks without blocking: (FastAPI app, URL). No public API: the queue's api_open decides both the
     REST routes and the footer's "Use via API" link."""
-    # several jobs at once: a generation waiting for an endpoint to scale up must not hold every other click
+    # several jobs at once: a generation waiting for an endpoint to scale up, or a page following an endpoint that
+    # is Creating (it sleeps between looks, holding no thread), must not hold every other click
     try:
-        demo.queue(concurrency_count=4, api_open=False)  # gradio 3.x
+        demo.queue(concurrency_count=8, api_open=False)  # gradio 3.x
     except TypeError:
-        demo.queue(default_concurrency_limit=4, api_open=False)  # gradio 4.x
+        demo.queue(default_concurrency_limit=8, api_open=False)  # gradio 4.x
     app, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, auth=auth,
                               show_api=False, quiet=True)
     return app, url
