@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from aws_extension.aws import Aws  # noqa: E402
-from aws_extension.bootstrap import setup  # noqa: E402
-from aws_extension.config import Settings  # noqa: E402
-from aws_extension.generation import find_checkpoint_by_hash, resolve_models  # noqa: E402
+from aws_extension.core.aws import Aws  # noqa: E402
+from aws_extension.core.bootstrap import setup  # noqa: E402
+from aws_extension.core.config import Settings  # noqa: E402
+from aws_extension.core.models.lookup import find_checkpoint_by_hash, resolve_models  # noqa: E402
 from aws_extension.local.emulator import LocalEmulator  # noqa: E402
-from aws_extension.models.catalog import list_models  # noqa: E402
+from aws_extension.core.models.catalog import list_models  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from many_models import name_of, seed_checkpoints, sha256_of  # noqa: E402
 

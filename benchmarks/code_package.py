@@ -2,7 +2,7 @@
 
     python benchmarks/code_package.py --replica .venv-replica/bin/python [--pypi]
 
-Builds the package from the wheel cache (SD_SAGEMAKER_WHEEL_CACHE, filled by `python -m aws_extension.endpoints.wheels`),
+Builds the package from the wheel cache (SD_SAGEMAKER_WHEEL_CACHE, filled by `python -m aws_extension.core.endpoints.wheels`),
 then in the replica of the image's Python (tests/prebuilt/install-replica.sh) times the toolkit's own command,
 `pip install -r code/requirements.txt`: first with none of the locked packages installed (an upper bound: the real
 image already has numpy, boto3, pillow... at some version), then again with all of them there (a restart).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aws_extension.endpoints import code_package, wheels  # noqa: E402
+from aws_extension.core.endpoints import code_package, wheels  # noqa: E402
 
 
 def pip(python: str, *args: str, index: str = "http://127.0.0.1:9/simple") -> float:

@@ -101,7 +101,7 @@ def generation(aws, uri: str, work: Path, a) -> dict:
 
     from aws_extension.serve.cache import ModelCache
     from aws_extension.serve.engine import Engine
-    from aws_extension.serve.request import parse_request
+    from aws_extension.contract.request import parse_request
 
     os.environ["SD_SAGEMAKER_COMPILE"] = "on" if a.compile else "off"
     engine = Engine(ModelCache(aws, work / "cache", 100 * 1024 ** 3), work)
@@ -149,14 +149,14 @@ def restart(env: dict, uri: str, work: Path, a) -> float:
 
 def child():
     a = parser().parse_args()
-    from aws_extension.aws import Aws
-    from aws_extension.config import Settings
+    from aws_extension.core.aws import Aws
+    from aws_extension.core.config import Settings
 
     os.environ["SD_SAGEMAKER_COMPILE"] = "on"
     started = time.monotonic()
     from aws_extension.serve.cache import ModelCache
     from aws_extension.serve.engine import Engine
-    from aws_extension.serve.request import parse_request
+    from aws_extension.contract.request import parse_request
 
     engine = Engine(ModelCache(Aws(Settings.resolve()), Path(a.work) / "cache", 100 * 1024 ** 3), Path(a.work))
     payload = {"steps": a.steps, "width": a.size, "height": a.size, "seed": 1, "sampler_name": "Euler"}
@@ -191,10 +191,10 @@ def main():
     proc, env = start_emulator()
     try:
         os.environ.update(env)
-        from aws_extension.aws import Aws
-        from aws_extension.bootstrap import setup
-        from aws_extension.config import Settings
-        from aws_extension.models.uploads import upload_paths
+        from aws_extension.core.aws import Aws
+        from aws_extension.core.bootstrap import setup
+        from aws_extension.core.config import Settings
+        from aws_extension.core.models.uploads import upload_paths
 
         aws = Aws(Settings.resolve())
         setup(aws)

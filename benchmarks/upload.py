@@ -30,8 +30,8 @@ def main() -> None:
     try:
         import boto3
 
-        from aws_extension.aws import Aws
-        from aws_extension.models.uploads import upload_paths
+        from aws_extension.core.aws import Aws
+        from aws_extension.core.models.uploads import upload_paths
 
         aws = Aws()
         s3 = boto3.client("s3")

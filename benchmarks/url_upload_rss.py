@@ -89,10 +89,10 @@ def measure(mode: str, url: str, claimed: bool = False) -> None:
     import psutil
     import urllib3
 
-    from aws_extension.aws import Aws
-    from aws_extension.bootstrap import setup
-    from aws_extension.config import Settings
-    from aws_extension.models.urls import upload_urls
+    from aws_extension.core.aws import Aws
+    from aws_extension.core.bootstrap import setup
+    from aws_extension.core.config import Settings
+    from aws_extension.core.models.urls import upload_urls
 
     aws = Aws(Settings.resolve())
     setup(aws)

@@ -1,4 +1,4 @@
-"""Writes aws_extension/endpoints/server-wheels.lock.json: the exact wheels the code package ships.
+"""Writes aws_extension/core/endpoints/server-wheels.lock.json: the exact wheels the code package ships.
 
 AWS's prebuilt image (Python 3.12, torch 2.6.0, torchvision 0.21.0 on Ubuntu 22.04) installs the code package's
 requirements at every container start; with the wheels inside the package and a lock of exact files (sha256),
@@ -24,8 +24,8 @@ from pathlib import Path
 
 # Standalone (no import of the package, whose dependencies this Python need not have)
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = ROOT / "aws_extension" / "endpoints" / "server-wheels.lock.json"  # LOCK
-TORCH = re.search(r'TAG = "([0-9.]+)-', (ROOT / "aws_extension" / "endpoints" / "images.py").read_text()).group(1)
+LOCK = ROOT / "aws_extension" / "core" / "endpoints" / "server-wheels.lock.json"  # LOCK
+TORCH = re.search(r'TAG = "([0-9.]+)-', (ROOT / "aws_extension" / "core" / "endpoints" / "images.py").read_text()).group(1)
 TORCHVISION = "0.21.0"  # the prebuilt image's, beside its torch
 # Linux x86_64 wheels for glibc 2.28 and older (the image's Ubuntu 22.04 has 2.35); pip takes each tag literally
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",

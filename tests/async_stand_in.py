@@ -16,9 +16,9 @@ from typing import Callable, List, Optional, Tuple
 
 from PIL import Image, PngImagePlugin
 
-from aws_extension import endpoints
-from aws_extension.endpoints import EndpointSpec
-from aws_extension.serve.infotext import infotext
+from aws_extension.core import endpoints
+from aws_extension.core.endpoints import EndpointSpec
+from aws_extension.contract.infotext import infotext
 
 BUCKET = "sd-webui-sagemaker-local"
 DEFAULT_SEED = 1234  # what the stand-in "draws" for seed -1
@@ -100,7 +100,7 @@ class AsyncStandIn:
 
 def put_models(aws, s3, models: dict, sha256: dict, bucket: str = BUCKET) -> None:
     """Small stand-in model files ({folder: [names]}) with their records (sha256 by name, where given)."""
-    from aws_extension.models.catalog import ModelRecord, write_record
+    from aws_extension.core.models.catalog import ModelRecord, write_record
 
     for folder, names in models.items():
         for name in names:
@@ -113,7 +113,7 @@ def install(monkeypatch, s3, bucket: str = BUCKET) -> AsyncStandIn:
     """The stand-in in place of the emulator's async invocation, and the client looking at instances often."""
     from moto.sagemakerruntime.models import SageMakerRuntimeBackend
 
-    from aws_extension import generation
+    from aws_extension.core import generation
 
     stand_in = AsyncStandIn(s3, bucket)
     monkeypatch.setattr(SageMakerRuntimeBackend, "invoke_endpoint_async", stand_in)

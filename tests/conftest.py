@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from aws_extension import inflight
-from aws_extension.aws import Aws
-from aws_extension.bootstrap import setup
-from aws_extension.config import Settings
+from aws_extension.core import inflight
+from aws_extension.core.aws import Aws
+from aws_extension.core.bootstrap import setup
+from aws_extension.core.config import Settings
 from aws_extension.local.emulator import LocalEmulator
 
 
@@ -34,7 +34,7 @@ def wheel_mirror(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def tiny_wheel_lock(wheel_mirror, monkeypatch, tmp_path):
     """Code packages ship a tiny locked wheel fetched from loopback (the real ~120 MB set: tests/prebuilt)."""
-    from aws_extension.endpoints import wheels
+    from aws_extension.core.endpoints import wheels
 
     wheel_mirror.requests.clear()
     wheel_mirror.tampered.clear()

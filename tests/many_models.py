@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from aws_extension.models.catalog import ModelRecord, hash_key, legacy_record_key, record_key
+from aws_extension.core.models.catalog import ModelRecord, hash_key, legacy_record_key, record_key
 
 
 def sha256_of(i: int) -> str:

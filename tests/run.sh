@@ -28,7 +28,7 @@ REPLICA_VENV=${REPLICA_VENV:-.venv-replica}
 case "$REPLICA_VENV" in /*) ;; *) REPLICA_VENV="$PWD/$REPLICA_VENV" ;; esac
 export SD_SAGEMAKER_WHEEL_CACHE=${SD_SAGEMAKER_WHEEL_CACHE:-$PWD/.cache/wheels}
 replica=yes
-bash tests/prebuilt/install-replica.sh "$REPLICA_VENV" && "$VENV/bin/python" -m aws_extension.endpoints.wheels \
+bash tests/prebuilt/install-replica.sh "$REPLICA_VENV" && "$VENV/bin/python" -m aws_extension.core.endpoints.wheels \
   || { replica=no; failed+=("installing the prebuilt image's replica or the code package's wheels"); }
 
 "$VENV/bin/python" -m ruff check .

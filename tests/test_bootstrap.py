@@ -10,12 +10,12 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
-from aws_extension.aws import Aws, partition_for
-from aws_extension.bootstrap import CORS, ensure_role, role_policy, setup
-from aws_extension.config import BUCKET_PREFIX, ROLE_NAME, Settings
-from aws_extension.endpoints.images import ACCOUNTS
+from aws_extension.core.aws import Aws, partition_for
+from aws_extension.core.bootstrap import CORS, ensure_role, role_policy, setup
+from aws_extension.core.config import BUCKET_PREFIX, ROLE_NAME, Settings
+from aws_extension.core.endpoints.images import ACCOUNTS
 from aws_extension.local.emulator import ACCOUNT_ID
-from aws_extension.models.browser import presign_part, start_upload
+from aws_extension.core.models.browser import presign_part, start_upload
 
 
 def doc(value) -> dict:

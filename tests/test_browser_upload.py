@@ -9,12 +9,12 @@ import urllib.parse
 
 import pytest
 
-from aws_extension.errors import NotFound, Refused, TransferError
-from aws_extension.models.browser import (
+from aws_extension.core.errors import NotFound, Refused, TransferError
+from aws_extension.core.models.browser import (
     abort_upload, complete_upload, list_parts, presign_part, start_upload,
 )
-from aws_extension.models.catalog import read_record, show_model
-from aws_extension.models.transfer import MiB, crc32_b64
+from aws_extension.core.models.catalog import read_record, show_model
+from aws_extension.core.models.transfer import MiB, crc32_b64
 
 KEY = "models/Lora/style.safetensors"
 
@@ -182,7 +182,7 @@ def test_complete_with_wrong_size_leaves_nothing(aws, data):
 
 
 def test_assembled_object_of_wrong_size_removed(aws, data, monkeypatch):
-    import aws_extension.models.browser as browser
+    import aws_extension.core.models.browser as browser
 
     up = start_upload(aws, "lora", "style.safetensors", len(data))
     parts = [send_part(aws, up, data, n) for n in (1, 2, 3)]

@@ -223,8 +223,9 @@ def test_datasets_create_list_show_delete(aws_env, tmp_path):
 
 
 def test_generate_starts_from_the_same_sampler_as_the_tab_and_the_webui_form():
-    from aws_extension.cli import build_parser, generate_payload
-    from aws_extension.serve.request import FORM_SAMPLER
+    from aws_extension.cli import build_parser
+    from aws_extension.cli.generate import generate_payload
+    from aws_extension.contract.request import FORM_SAMPLER
 
     args = build_parser().parse_args(["generate", "--endpoint", "e", "--checkpoint", "c", "--prompt", "a cat"])
     assert generate_payload(args)["sampler_name"] == FORM_SAMPLER == "DPM++ 2M"

@@ -10,8 +10,8 @@ import math
 import pytest
 
 from aws_extension import cli
-from aws_extension.generation import find_checkpoint_by_hash, resolve_models
-from aws_extension.models.catalog import (ModelRecord, delete_model, hash_key, legacy_record_key, list_models,
+from aws_extension.core.models.lookup import find_checkpoint_by_hash, resolve_models
+from aws_extension.core.models.catalog import (ModelRecord, delete_model, hash_key, legacy_record_key, list_models,
                                           record_key, write_record)
 from many_models import name_of, seed_checkpoints, sha256_of
 

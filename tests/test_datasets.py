@@ -9,10 +9,10 @@ import botocore.exceptions as bex
 import pytest
 from PIL import Image
 
-from aws_extension.datasets import (
+from aws_extension.core.datasets import (
     create_dataset, delete_dataset, read_file, list_datasets, show_dataset,
 )
-from aws_extension.errors import NotFound, Refused, TransferError
+from aws_extension.core.errors import NotFound, Refused, TransferError
 
 
 def image(path, fmt, color=(200, 30, 30), size=(32, 24)):
@@ -67,7 +67,7 @@ def test_create_list_show(aws, files):
 
 
 def test_list_newest_first_and_skips_incomplete(aws, files, monkeypatch):
-    import aws_extension.datasets as ds
+    import aws_extension.core.datasets as ds
 
     monkeypatch.setattr(ds, "now_iso", lambda: "2026-01-01T00:00:00+00:00")
     create_dataset(aws, "old", files[:1])

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 
 from inventory import NOTHING, cloud_inventory
-from aws_extension import endpoints
-from aws_extension.aws import Aws
-from aws_extension.cleanup import find_orphans, remove_orphans
-from aws_extension.config import Settings
-from aws_extension.endpoints import EndpointSpec, code_package, images, wheels
-from aws_extension.errors import ConfigError, TransferError
+from aws_extension.core import endpoints
+from aws_extension.core.aws import Aws
+from aws_extension.core.cleanup import find_orphans, remove_orphans
+from aws_extension.core.config import Settings
+from aws_extension.core.endpoints import EndpointSpec, code_package, images, wheels
+from aws_extension.core.errors import ConfigError, TransferError
 from aws_extension.local import emulator as emulator_module
 from aws_extension.serve import toolkit_entry
 
-deploy_module = sys.modules["aws_extension.endpoints.deploy"]
+deploy_module = sys.modules["aws_extension.core.endpoints.deploy"]
 ROOT = Path(__file__).resolve().parent.parent
 PREBUILT_US_EAST_1 = ("763104351884.dkr.ecr.us-east-1.amazonaws.com/"
                       "pytorch-inference:2.6.0-gpu-py312-cu124-ubuntu22.04-sagemaker")
@@ -92,7 +92,7 @@ def test_deploy_without_image_uses_the_prebuilt_image_and_our_code_package(no_im
     with package_at(aws, url) as tar:
         names = tar.getnames()
         assert {"code/inference.py", "code/requirements.txt", "code/aws_extension/__init__.py",
-                "code/aws_extension/serve/toolkit_entry.py", "code/aws_extension/endpoints/deploy.py",
+                "code/aws_extension/serve/toolkit_entry.py", "code/aws_extension/core/endpoints/deploy.py",
                 "code/aws_extension/serve/clip_merges.txt", f"code/wheels/{tiny_wheel_lock.wheel.name}"} <= set(names)
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or not n.startswith("code/")]
         entry = tar.extractfile("code/inference.py").read()

@@ -9,13 +9,13 @@ import botocore.session
 import pytest
 
 from inventory import NOTHING, cloud_inventory
-from aws_extension import endpoints
-from aws_extension.endpoints import EndpointSpec
-from aws_extension.errors import NotFound
-from aws_extension.generation import resolve_models
+from aws_extension.core import endpoints
+from aws_extension.core.endpoints import EndpointSpec
+from aws_extension.core.errors import NotFound
+from aws_extension.core.models.lookup import resolve_models
 
 # the package re-exports the function `deploy`, which hides the module of that name
-deploy_module = sys.modules["aws_extension.endpoints.deploy"]
+deploy_module = sys.modules["aws_extension.core.endpoints.deploy"]
 OWN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sd:1"
 
 
@@ -67,7 +67,7 @@ def test_no_ami_for_the_prebuilt_image(aws, sent_configs, monkeypatch):
 
 
 def put_checkpoint(aws, name: str) -> None:
-    from aws_extension.models.catalog import ModelRecord, write_record
+    from aws_extension.core.models.catalog import ModelRecord, write_record
 
     key = f"models/Stable-diffusion/{name}"
     aws.client("s3").put_object(Bucket=aws.bucket, Key=key, Body=b"x" * 10)

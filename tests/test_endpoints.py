@@ -12,16 +12,16 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from inventory import NOTHING, cloud_inventory
-from aws_extension import endpoints
-from aws_extension.bootstrap import ensure_role
-from aws_extension.cleanup import remove_orphans
-from aws_extension.endpoints import EndpointSpec, scaling
-from aws_extension.endpoints.cleanup import find_orphans
-from aws_extension.errors import ConfigError, NotFound, Refused, UserError
+from aws_extension.core import endpoints
+from aws_extension.core.bootstrap import ensure_role
+from aws_extension.core.cleanup import remove_orphans
+from aws_extension.core.endpoints import EndpointSpec, scaling
+from aws_extension.core.cleanup.endpoints import find_orphans
+from aws_extension.core.errors import ConfigError, NotFound, Refused, UserError
 from aws_extension.local import emulator as emulator_module
 
 # the package re-exports the function `deploy`, which hides the module of that name
-deploy_module = sys.modules["aws_extension.endpoints.deploy"]
+deploy_module = sys.modules["aws_extension.core.endpoints.deploy"]
 
 DIM = "sagemaker:variant:DesiredInstanceCount"
 # SageMaker's documented tag pattern; moto does not check it, AWS does

@@ -21,10 +21,11 @@ from async_stand_in import BUCKET, in_service, install, png, put_models, server_
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from aws_extension import endpoints, generation
-from aws_extension.endpoints import EndpointSpec
-from aws_extension.errors import Interrupted, NotFound, Refused, TransferError, UserError
-from aws_extension.generation import find_checkpoint_by_hash, invoke, png_parameters, resolve_models
+from aws_extension.core import endpoints, generation
+from aws_extension.core.endpoints import EndpointSpec
+from aws_extension.core.errors import Interrupted, NotFound, Refused, TransferError, UserError
+from aws_extension.core.generation import invoke, png_parameters
+from aws_extension.core.models.lookup import find_checkpoint_by_hash, resolve_models
 from aws_extension.local.emulator import ACCOUNT_ID, REGION
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from typing import Iterable, List
 
 import pytest
 
-from aws_extension.errors import UserError
+from aws_extension.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGUAGES = ["ja_JP", "zh_CN"]
@@ -113,9 +113,9 @@ def tab_texts() -> set:
 
 
 def settings_texts() -> set:
-    from aws_extension import webui
+    from aws_extension.webui import glue
 
-    return {webui.TAB_TITLE, *webui.settings_strings()}
+    return {glue.TAB_TITLE, *glue.settings_strings()}
 
 
 def script_texts() -> set:
@@ -125,7 +125,7 @@ def script_texts() -> set:
     saved = list(sys.path)
     sys.path.insert(0, str(ROOT / "tests" / "webui_standin"))
     try:
-        from aws_extension import webui_script
+        from aws_extension.webui import script as webui_script
     finally:
         sys.path[:] = saved
     return set(webui_script.ui_strings())

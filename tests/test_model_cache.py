@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from aws_extension.aws import Aws
-from aws_extension.bootstrap import setup
-from aws_extension.config import Settings
-from aws_extension.errors import NotFound, Refused, TransferError
-from aws_extension.models.catalog import record_key
-from aws_extension.models.uploads import upload_paths
+from aws_extension.core.aws import Aws
+from aws_extension.core.bootstrap import setup
+from aws_extension.core.config import Settings
+from aws_extension.core.errors import NotFound, Refused, TransferError
+from aws_extension.core.models.catalog import record_key
+from aws_extension.core.models.uploads import upload_paths
 from aws_extension.serve.cache import ModelCache
 
 MiB = 1024 * 1024

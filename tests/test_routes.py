@@ -9,8 +9,8 @@ import os
 import httpx
 import pytest
 
-from aws_extension.models.catalog import show_model
-from aws_extension.models.transfer import MiB, crc32_b64
+from aws_extension.core.models.catalog import show_model
+from aws_extension.core.models.transfer import MiB, crc32_b64
 from ui_support import standalone
 
 UPLOADS = "sagemaker/uploads/"
@@ -132,7 +132,7 @@ def test_unreadable_bodies_and_unexpected_failures_answer_json(tab_url, aws, mon
             "parts": [{"part_number": 1, "etag": '"e"', "checksum_crc32": "AAAAAA=="}]})
         assert unknown.status_code == 404 and "no longer open" in unknown.json()["error"]
 
-        import aws_extension.models.browser as browser
+        import aws_extension.core.models.browser as browser
 
         def boom(*args, **kwargs):
             raise RuntimeError("boom")

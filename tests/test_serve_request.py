@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from aws_extension.serve.infotext import infotext, model_hash, network_hash, parse_infotext
-from aws_extension.serve.request import BadRequest, parse_request, resolve_seeds, sampler_schedule
+from aws_extension.contract.infotext import infotext, model_hash, network_hash, parse_infotext
+from aws_extension.contract.request import BadRequest, parse_request, resolve_seeds, sampler_schedule
 
 CKPT = "s3://bucket/models/Stable-diffusion/v1-5.safetensors"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from aws_extension.aws import Aws
-from aws_extension.bootstrap import setup
-from aws_extension.config import Settings
-from aws_extension.models.types import model_type
+from aws_extension.core.aws import Aws
+from aws_extension.core.bootstrap import setup
+from aws_extension.core.config import Settings
+from aws_extension.core.models.types import model_type
 
 
 def test_precedence_flag_over_env_over_webui():

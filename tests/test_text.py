@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aws_extension.models.uploads import UploadResult
-from aws_extension.text import count_text, size_text
+from aws_extension.core.models.uploads import UploadResult
+from aws_extension.core.text import count_text, size_text
 from aws_extension.ui.context import result_lines
 
 
@@ -26,8 +26,8 @@ def test_a_failure_names_its_item_once():
 
 
 def test_a_moving_upload_says_its_speed_and_time_left():
-    from aws_extension.models.transfer import Progress
-    from aws_extension.text import Pace, duration_text
+    from aws_extension.core.models.transfer import Progress
+    from aws_extension.core.text import Pace, duration_text
     from aws_extension.ui.context import progress_lines
 
     now = [100.0]

@@ -8,19 +8,11 @@ import time
 
 import pytest
 
-from test_ui_tab import choose, connection_line, fast_endpoints, wait_idle, wait_value  # noqa: F401 - a fixture
-from aws_extension.endpoints import delete_endpoint
+from test_ui_tab import choose, fast_endpoints, settled, wait_idle, wait_value  # noqa: F401 - fixtures
+from aws_extension.core.endpoints import delete_endpoint
 from aws_extension.ui import endpoints as ui_endpoints
 
 expect = pytest.importorskip("playwright.sync_api").expect
-
-
-@pytest.fixture(autouse=True)
-def settled(tab):
-    expect(connection_line(tab)).to_contain_text("Account ")
-    wait_idle(tab)
-    yield
-    wait_idle(tab)
 
 
 @pytest.fixture

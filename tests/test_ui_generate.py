@@ -19,14 +19,14 @@ from PIL import Image
 
 from test_ui_tab import choose, connection_line, fill, keys, wait_idle, wait_value
 from ui_support import standalone
-from aws_extension import generation
-from aws_extension.aws import Aws
-from aws_extension.bootstrap import setup
-from aws_extension.config import Settings
-from aws_extension.endpoints import EndpointSpec, deploy, wait_until_settled
-from aws_extension.generation import png_parameters
+from aws_extension.core import generation
+from aws_extension.core.aws import Aws
+from aws_extension.core.bootstrap import setup
+from aws_extension.core.config import Settings
+from aws_extension.core.endpoints import EndpointSpec, deploy, wait_until_settled
+from aws_extension.core.generation import png_parameters
 from aws_extension.local.emulator import ACCOUNT_ID, LOCAL_IMAGE, REGION, LocalEmulator
-from aws_extension.models.uploads import upload_paths
+from aws_extension.core.models.uploads import upload_paths
 
 expect = pytest.importorskip("playwright.sync_api").expect
 

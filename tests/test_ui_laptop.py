@@ -11,8 +11,8 @@ import re
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from aws_extension.models.catalog import show_model
-from aws_extension.models.transfer import MiB, crc32_b64
+from aws_extension.core.models.catalog import show_model
+from aws_extension.core.models.transfer import MiB, crc32_b64
 from faultproxy import delay_parts, fail_part
 from ui_support import standalone
 

@@ -21,14 +21,14 @@ import pytest
 from PIL import Image
 
 from inventory import NOTHING, cloud_inventory
-from aws_extension.datasets import create_dataset, delete_dataset
-from aws_extension.endpoints import delete_endpoint
-from aws_extension.models.catalog import record_key
+from aws_extension.core.datasets import create_dataset, delete_dataset
+from aws_extension.core.endpoints import delete_endpoint
+from aws_extension.core.models.catalog import record_key
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
 # the package re-exports the function `deploy`, which hides the module of that name
-deploy_module = sys.modules["aws_extension.endpoints.deploy"]
+deploy_module = sys.modules["aws_extension.core.endpoints.deploy"]
 
 ACCOUNT = "123456789012"
 DIM = "sagemaker:variant:DesiredInstanceCount"
@@ -270,8 +270,8 @@ def test_upload_from_urls(tab, aws, http_files):
 
 # -- 4. models in the cloud --------------------------------------------------------------------------------------
 def test_models_in_the_cloud_filter_show_delete(tab, aws, tmp_path, http_files):
-    from aws_extension.models.uploads import upload_paths
-    from aws_extension.models.urls import upload_urls
+    from aws_extension.core.models.uploads import upload_paths
+    from aws_extension.core.models.urls import upload_urls
 
     models = tmp_path / "models"
     sum_a = model_file(models / "lora-a.safetensors", 1_200_000, 7)

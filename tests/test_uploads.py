@@ -9,14 +9,14 @@ import weakref
 
 import pytest
 
-from aws_extension.aws import Aws
-from aws_extension.bootstrap import setup
-from aws_extension.config import Settings
-from aws_extension.errors import Interrupted, Refused, TransferError
-from aws_extension.models import transfer
-from aws_extension.models.catalog import show_model
-from aws_extension.models.transfer import MiB, ObjectWriter
-from aws_extension.models.uploads import expand_paths, upload_paths
+from aws_extension.core.aws import Aws
+from aws_extension.core.bootstrap import setup
+from aws_extension.core.config import Settings
+from aws_extension.core.errors import Interrupted, Refused, TransferError
+from aws_extension.core.models import transfer
+from aws_extension.core.models.catalog import show_model
+from aws_extension.core.models.transfer import MiB, ObjectWriter
+from aws_extension.core.models.uploads import expand_paths, upload_paths
 from faultproxy import fail_part, s3_error
 
 PART = 8 * MiB

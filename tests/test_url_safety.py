@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from aws_extension.errors import Refused
-from aws_extension.models import urls
-from aws_extension.models.url_safety import address_refusal, redact_url, resolve_host
-from aws_extension.models.urls import name_from, split_urls
+from aws_extension.core.errors import Refused
+from aws_extension.core.models import urls
+from aws_extension.core.models.url_safety import address_refusal, redact_url, resolve_host
+from aws_extension.core.models.urls import name_from, split_urls
 
 
 def fake_dns(monkeypatch, *addresses):

@@ -14,12 +14,12 @@ from urllib.parse import quote
 
 import pytest
 
-from aws_extension.aws import Aws
-from aws_extension.bootstrap import setup
-from aws_extension.config import Settings
-from aws_extension.errors import Refused
-from aws_extension.models import catalog, transfer, urls
-from aws_extension.models.urls import upload_urls
+from aws_extension.core.aws import Aws
+from aws_extension.core.bootstrap import setup
+from aws_extension.core.config import Settings
+from aws_extension.core.errors import Refused
+from aws_extension.core.models import catalog, transfer, urls
+from aws_extension.core.models.urls import upload_urls
 from faultproxy import fail_part, s3_error
 
 MiB = 1024 * 1024

@@ -193,7 +193,17 @@ def test_model_folders_follow_the_flags(started, tmp_path):
 
 
 def test_the_package_imports_without_the_webui():
-    code = ("import sys, aws_extension.webui, aws_extension.ui.tab; "
+    code = ("import sys, aws_extension.webui.glue, aws_extension.ui.tab; "
             "assert 'modules' not in sys.modules, 'the WebUI was imported'")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+
+
+def test_the_core_and_the_contract_import_neither_gradio_nor_the_webui():
+    """What the CLI, the tab, the script and the server build on stays plain Python over boto3."""
+    code = ("import pkgutil, sys, aws_extension.core as core, aws_extension.contract as contract; "
+            "[__import__(m.name) for p in (core, contract) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]; "
+            "found = [m for m in ('gradio', 'modules', 'torch') if m in sys.modules]; "
+            "assert not found, f'imported {found}'")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)

@@ -38,7 +38,7 @@ def cloud(aws, s3):
 def script_module(request):
     """scripts/sagemaker.py loaded again, as the WebUI loads it, with our module bound to this stand-in."""
     request.getfixturevalue("webui")  # the stand-in WebUI, from test_webui_glue
-    sys.modules.pop("aws_extension.webui_script", None)
+    sys.modules.pop("aws_extension.webui.script", None)
     module = load_by_path(ROOT / "scripts" / "sagemaker.py", ROOT)
     from modules import images
 
@@ -116,7 +116,7 @@ def test_the_controls_build_when_aws_fails_and_refresh_fills_them(script_module,
     with gr.Blocks():
         endpoint, checkpoint, vae = script.ui(True)
     assert (endpoint.choices, checkpoint.choices, vae.choices, vae.value) == ([], [], ["None"], "None")
-    module = sys.modules["aws_extension.webui_script"]
+    module = sys.modules["aws_extension.webui.script"]
     assert module.initial_lists()[3].startswith("Error: No AWS region set")
 
     monkeypatch.setenv("AWS_REGION", REGION)
@@ -128,7 +128,7 @@ def test_the_controls_build_when_aws_fails_and_refresh_fills_them(script_module,
 
 
 def test_the_build_waits_for_aws_a_bounded_time(script_module, monkeypatch):
-    module = sys.modules["aws_extension.webui_script"]
+    module = sys.modules["aws_extension.webui.script"]
     monkeypatch.setattr(module, "BUILD_WAIT", 0.3)
     monkeypatch.setattr(module, "_list_all", lambda: time.sleep(5))
     started = time.monotonic()
@@ -137,7 +137,7 @@ def test_the_build_waits_for_aws_a_bounded_time(script_module, monkeypatch):
 
 
 def test_pasting_an_infotext_picks_the_cloud_checkpoint(script, cloud):
-    module = sys.modules["aws_extension.webui_script"]
+    module = sys.modules["aws_extension.webui.script"]
     module.initial_lists()  # AWS answered
     by_hash = module.pasted_checkpoint({"Model hash": "31e35c80fc", "Model": "renamed"})
     assert (by_hash["value"], by_hash["choices"]) == ("xl.safetensors", ["sd15.safetensors", "xl.safetensors"])

@@ -24,7 +24,7 @@ def free_port() -> int:
 def standalone(models_dirs: Optional[List[str]] = None, auth: Optional[tuple] = None,
                allow_private_urls: bool = True) -> Iterator[str]:
     """The tab as `python -m aws_extension ui` serves it; settings are read from the environment on each click."""
-    from aws_extension.config import Settings
+    from aws_extension.core.config import Settings
     from aws_extension.ui.context import TabContext
     from aws_extension.ui.routes import add_routes
     from aws_extension.ui.standalone import build_app, launch

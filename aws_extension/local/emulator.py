@@ -41,9 +41,9 @@ def _patch_moto() -> None:
             return
         from moto.sagemaker import models as sm
 
-        from . import runtime as local_runtime
+        from .invocations import patch_moto
 
-        local_runtime.patch_moto(lambda: _state["runtime"])
+        patch_moto(lambda: _state["runtime"])
 
         # moto's own list of instance types is old (no ml.g5); AWS's is the enum in botocore's service model
         import botocore.session

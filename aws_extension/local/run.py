@@ -13,9 +13,9 @@ from .emulator import LocalEmulator
 
 
 def run_local(emulator: LocalEmulator, bucket: Optional[str] = None, stop: Optional[threading.Event] = None) -> int:
-    from ..aws import Aws
-    from ..bootstrap import setup
-    from ..config import Settings
+    from ..core.aws import Aws
+    from ..core.bootstrap import setup
+    from ..core.config import Settings
 
     emulator.start()
     env = emulator.env(bucket) if bucket else emulator.env()

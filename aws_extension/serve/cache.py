@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
-from ..aws import Aws, describe, is_not_found, split_s3_uri, translate
-from ..errors import NotFound, Refused, TransferError
-from ..models.catalog import legacy_record_key, parse_record, record_key
+from ..core.aws import Aws, describe, is_not_found, split_s3_uri, translate
+from ..core.errors import NotFound, Refused, TransferError
+from ..core.models.catalog import legacy_record_key, parse_record, record_key
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .tokenizer import write_tokenizer
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."

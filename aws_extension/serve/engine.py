@@ -21,13 +21,13 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from PIL import Image, ImageFilter
 
-from ..errors import Interrupted
+from ..core.errors import Interrupted
 from .cache import ModelCache
 from .checkpoint import load_pipeline, load_vae
 from .compiled import GpuWorker, cache_supported
-from .infotext import model_hash, network_hash
+from ..contract.infotext import model_hash, network_hash
 from .prompts import Embeddings, encode_prompts, extract_networks
-from .request import BadRequest, GenerationRequest, resolve_seeds
+from ..contract.request import BadRequest, GenerationRequest, resolve_seeds
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)

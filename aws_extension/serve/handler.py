@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-from ..errors import Interrupted, NotFound, UserError
-from .request import BadRequest, parse_request
+from ..core.errors import Interrupted, NotFound, UserError
+from ..contract.request import BadRequest, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class Handler:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing from a model hub, ever
 
         def make_engine():
-            from ..aws import Aws
-            from ..config import Settings
+            from ..core.aws import Aws
+            from ..core.config import Settings
             from .cache import ModelCache
             from .engine import Engine
 

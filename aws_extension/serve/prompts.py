@@ -20,9 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import UserError
-from ..prompt_tags import LORA_KINDS, extract_networks  # noqa: F401 - re-exported: torch-free, shared with the client
-from .request import BadRequest
+from ..core.errors import UserError
+from ..contract.prompt_tags import LORA_KINDS, extract_networks  # noqa: F401 - re-exported: torch-free, shared with the client
+from ..contract.request import BadRequest
 
 CHUNK = 75  # tokens of one chunk, BOS and EOS excluded
 COMMA_BACKTRACK = 20  # the WebUI's comma_padding_backtrack default

@@ -12,8 +12,8 @@ import time
 from typing import TYPE_CHECKING
 
 
-from .infotext import hashes_text, infotext, png_base64
-from .request import GenerationRequest
+from ..contract.infotext import hashes_text, infotext, png_base64
+from ..contract.request import GenerationRequest
 
 if TYPE_CHECKING:
     from .engine import Generated

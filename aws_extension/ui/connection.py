@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..aws import error_code, translate
-from ..bootstrap import setup
+from ..core.aws import error_code, translate
+from ..core.bootstrap import setup
 from .context import TabContext, handled, message
 
 

@@ -12,10 +12,10 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import gradio as gr
 
-from ..aws import Aws
-from ..config import Settings
-from ..errors import UserError
-from ..text import Pace, size_text
+from ..core.aws import Aws
+from ..core.config import Settings
+from ..core.errors import UserError
+from ..core.text import Pace, size_text
 
 log = logging.getLogger("sd_webui_sagemaker")
 

@@ -6,8 +6,8 @@ import io
 
 import gradio as gr
 
-from ..datasets import create_dataset, delete_dataset, list_datasets, read_file, show_dataset
-from ..text import count_text, size_text
+from ..core.datasets import create_dataset, delete_dataset, list_datasets, read_file, show_dataset
+from ..core.text import count_text, size_text
 from .context import NOT_DELETED, TabContext, choice_update, confirm_delete, handled, message
 
 PREVIEW_IMAGES = 12

@@ -8,10 +8,10 @@ from typing import Callable, Optional
 
 import gradio as gr
 
-from ..endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
-from ..endpoints.catalog import HOURLY_USD, hourly_cost, running_text
-from ..endpoints.deploy import initial_instances
-from ..generation import cloud_checkpoints
+from ..core.endpoints import EndpointSpec, delete_endpoint, deploy, list_endpoints
+from ..core.endpoints.catalog import HOURLY_USD, hourly_cost, running_text
+from ..core.endpoints.deploy import initial_instances
+from ..core.models.lookup import cloud_checkpoints
 from .context import GRADIO_4, NOT_DELETED, TabContext, choice_update, confirm_delete, handled, log, message
 
 INSTANCE_TYPES = ["ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",

@@ -10,11 +10,12 @@ import time
 
 import gradio as gr
 
-from ..errors import Interrupted
-from ..generation import OWN_VAE, SERVING, cloud_checkpoints, cloud_vaes, invoke, png_parameters, resolve_models
-from ..serve.infotext import png_base64
-from ..models.transfer import Progress
-from ..serve import request
+from ..core.errors import Interrupted
+from ..core.generation import SERVING, invoke, png_parameters
+from ..core.models.lookup import OWN_VAE, cloud_checkpoints, cloud_vaes, resolve_models
+from ..contract.infotext import png_base64
+from ..core.models.transfer import Progress
+from ..contract import request
 from .context import TabContext, choice_update, message, run_with_progress
 from .endpoints import Watch
 

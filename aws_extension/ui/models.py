@@ -7,11 +7,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..models.catalog import delete_model, list_models, show_model
-from ..models.types import MODEL_TYPES, model_type
-from ..models.uploads import upload_paths
-from ..models.urls import upload_urls
-from ..text import size_text
+from ..core.models.catalog import delete_model, list_models, show_model
+from ..core.models.types import MODEL_TYPES, model_type
+from ..core.models.uploads import upload_paths
+from ..core.models.urls import upload_urls
+from ..core.text import size_text
 from .context import (NOT_DELETED, TabContext, choice_update, confirm_delete, handled, js, message,
                       progress_lines, result_lines, run_with_progress)
 

@@ -19,7 +19,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import NotFound, Refused, UserError
+from ..core.errors import NotFound, Refused, UserError
 from .context import TabContext, log
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "javascript"
@@ -50,34 +50,34 @@ def _field(body: dict, name: str, kind: type, required: bool = True):
 
 
 def start_step(aws, body: dict) -> dict:
-    from ..models.browser import start_upload
+    from ..core.models.browser import start_upload
 
     return start_upload(aws, _field(body, "type", str), _field(body, "name", str), _field(body, "size", int),
                         sha256=_field(body, "sha256", str, required=False) or None).dict()
 
 
 def sign_step(aws, body: dict) -> dict:
-    from ..models.browser import presign_part
+    from ..core.models.browser import presign_part
 
     return presign_part(aws, _field(body, "key", str), _field(body, "upload_id", str),
                         _field(body, "part_number", int), _field(body, "checksum_crc32", str))
 
 
 def parts_step(aws, body: dict) -> dict:
-    from ..models.browser import list_parts
+    from ..core.models.browser import list_parts
 
     return {"parts": [p.dict() for p in list_parts(aws, _field(body, "key", str), _field(body, "upload_id", str))]}
 
 
 def complete_step(aws, body: dict) -> dict:
-    from ..models.browser import complete_upload
+    from ..core.models.browser import complete_upload
 
     return complete_upload(aws, _field(body, "key", str), _field(body, "upload_id", str), _field(body, "parts", list),
                            _field(body, "sha256", str), _field(body, "size", int)).dict()
 
 
 def abort_step(aws, body: dict) -> dict:
-    from ..models.browser import abort_upload
+    from ..core.models.browser import abort_upload
 
     abort_upload(aws, _field(body, "key", str), _field(body, "upload_id", str))
     return {"aborted": True}

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
-from ..config import Settings
+from ..core.config import Settings
 from .context import TabContext, js, log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def reconcile_in_background(ctx: TabContext) -> None:
     """Autoscaling wanted by endpoints that became InService while nothing was running."""
     def run():
         try:
-            from ..endpoints import reconcile
+            from ..core.endpoints import reconcile
 
             reconcile(ctx.aws())
         except Exception as exc:  # noqa: BLE001 - start-up must not fail on it; listing retries
@@ -74,7 +74,7 @@ def serve(host: str = "127.0.0.1", port: int = 7861, models_dirs: Optional[List[
     """Start the tab; returns (demo, url). With local=True the emulator runs in this process."""
     emulator = None
     if local:
-        from ..bootstrap import setup
+        from ..core.bootstrap import setup
         from ..local.emulator import LocalEmulator
 
         emulator = LocalEmulator(runtime=True).start()  # endpoints run the local inference server

@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "serve"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from aws_extension import endpoints  # noqa: E402
-from aws_extension.aws import Aws  # noqa: E402
-from aws_extension.bootstrap import setup  # noqa: E402
-from aws_extension.config import Settings  # noqa: E402
-from aws_extension.endpoints import EndpointSpec  # noqa: E402
+from aws_extension.core import endpoints  # noqa: E402
+from aws_extension.core.aws import Aws  # noqa: E402
+from aws_extension.core.bootstrap import setup  # noqa: E402
+from aws_extension.core.config import Settings  # noqa: E402
+from aws_extension.core.endpoints import EndpointSpec  # noqa: E402
 from aws_extension.local.emulator import LocalEmulator  # noqa: E402
-from aws_extension.models.uploads import upload_paths  # noqa: E402
+from aws_extension.core.models.uploads import upload_paths  # noqa: E402
 
 MODEL_DIR = Path("/opt/ml/model")  # where SageMaker puts ModelDataUrl's contents, and where the toolkit looks
 TS_CONFIG = Path("/etc/sagemaker-ts.properties")  # the toolkit writes TorchServe's configuration here

@@ -13,9 +13,9 @@ import time
 
 from PIL import Image
 
-from aws_extension.endpoints.deploy import TOOLKIT_ENVIRONMENT
-from aws_extension.endpoints import wheels
-from aws_extension.serve.infotext import parse_infotext
+from aws_extension.core.endpoints.deploy import TOOLKIT_ENVIRONMENT
+from aws_extension.core.endpoints import wheels
+from aws_extension.contract.infotext import parse_infotext
 from conftest import START_SECONDS, Stack, container_env
 
 SMALL = {"prompt": "a lighthouse", "negative_prompt": "blurry", "steps": 2, "width": 64, "height": 64, "cfg_scale": 5,

@@ -22,11 +22,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from aws_extension.aws import Aws  # noqa: E402
-from aws_extension.bootstrap import setup  # noqa: E402
-from aws_extension.config import Settings  # noqa: E402
+from aws_extension.core.aws import Aws  # noqa: E402
+from aws_extension.core.bootstrap import setup  # noqa: E402
+from aws_extension.core.config import Settings  # noqa: E402
 from aws_extension.local.emulator import LocalEmulator  # noqa: E402
-from aws_extension.models.uploads import upload_paths  # noqa: E402
+from aws_extension.core.models.uploads import upload_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from diffusers import (AutoencoderKL, StableDiffusionPipeline, StableDiffusionXL
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import tiny_models as tm  # noqa: E402
-from aws_extension.errors import UserError  # noqa: E402
+from aws_extension.core.errors import UserError  # noqa: E402
 from aws_extension.serve import checkpoint as ck  # noqa: E402
 from aws_extension.serve.checkpoint import LoadError, config_dir, detect, load_pipeline, load_vae  # noqa: E402
 

@@ -17,7 +17,7 @@ import aws_extension.serve.engine as engine_module
 from aws_extension.serve.cache import ModelCache
 from aws_extension.serve.engine import Engine
 from aws_extension.serve.handler import Handler
-from aws_extension.serve.request import parse_request
+from aws_extension.contract.request import parse_request
 
 SMALL = {"steps": 3, "width": 64, "height": 64, "cfg_scale": 5.0, "seed": 1, "sampler_name": "Euler"}
 

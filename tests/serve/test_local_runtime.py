@@ -16,9 +16,9 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from aws_extension import generation
-from aws_extension.endpoints import EndpointSpec, deploy, wait_until_settled
-from aws_extension.errors import UserError
+from aws_extension.core import generation
+from aws_extension.core.endpoints import EndpointSpec, deploy, wait_until_settled
+from aws_extension.core.errors import UserError
 from aws_extension.local import runtime as local_runtime
 from aws_extension.local.emulator import LOCAL_IMAGE
 

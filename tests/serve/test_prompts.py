@@ -12,10 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from aws_extension.errors import UserError  # noqa: E402
+from aws_extension.core.errors import UserError  # noqa: E402
 from aws_extension.serve.prompts import (  # noqa: E402
     BREAK_MARK, Embeddings, _chunks, encode_prompts, extract_networks, parse_attention)
-from aws_extension.serve.request import BadRequest  # noqa: E402
+from aws_extension.contract.request import BadRequest  # noqa: E402
 from aws_extension.serve.tokenizer import write_tokenizer  # noqa: E402
 
 BOS, EOS = 49406, 49407

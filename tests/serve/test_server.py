@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aws_extension.serve.infotext import parse_infotext
+from aws_extension.contract.infotext import parse_infotext
 
 SMALL = {"steps": 2, "width": 64, "height": 64, "cfg_scale": 5.0}
 # A seed alone and inside a batch, on the CPU: at most this many levels apart in any pixel. Measured (torch 2.13, 2

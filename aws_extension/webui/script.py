@@ -18,13 +18,13 @@ from fastapi.exceptions import HTTPException  # the WebUI's API prints no traceb
 from modules import images, processing, scripts, shared
 from PIL import Image
 
-from . import webui
-from .errors import Interrupted, NotFound, Refused, UserError
-from . import generation
-from .generation import (OWN_VAE, Generation, cloud_checkpoints, cloud_vaes, find_checkpoint_by_hash, invoke, lookup,
-                         png_parameters, resolve_models)
-from .serve.infotext import png_base64
-from .ui.context import TabContext, choice_update, message
+from . import glue
+from ..core.errors import Interrupted, NotFound, Refused, UserError
+from ..core import generation
+from ..core.generation import Generation, invoke, png_parameters
+from ..core.models.lookup import OWN_VAE, cloud_checkpoints, cloud_vaes, find_checkpoint_by_hash, lookup, resolve_models
+from ..contract.infotext import png_base64
+from ..ui.context import TabContext, choice_update, message
 
 log = logging.getLogger("sd_webui_sagemaker")
 
@@ -45,7 +45,7 @@ SLOW = f"AWS did not answer within {BUILD_WAIT:.0f} seconds: press {REFRESH} to 
 INTERRUPTED_EARLY = "Interrupted before anything was sent."
 LABELS = ("Endpoint", "Cloud checkpoint", "Cloud VAE")
 
-_context = TabContext(settings=webui.settings)  # the tab's settings, read fresh on every call
+_context = TabContext(settings=glue.settings)  # the tab's settings, read fresh on every call
 _lists: Dict[str, object] = {}
 _reachable = threading.Event()  # set while AWS answers: pasting an infotext looks its model hash up only then
 

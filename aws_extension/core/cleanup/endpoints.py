@@ -6,9 +6,9 @@ import re
 from typing import List, Optional, Set
 
 from ..aws import Aws, iso, translate
-from ..cleanup import Orphan
+from .orphan import Orphan
 from ..errors import Refused
-from . import catalog, scaling
+from ..endpoints import catalog, scaling
 
 ALARM_SUFFIX = "-has-backlog-without-capacity"
 RESOURCE = re.compile(r"^endpoint/([^/]+)/variant/[^/]+$")

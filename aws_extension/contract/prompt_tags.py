@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Tuple
 
-from .serve.request import BadRequest  # torch-free: the request's checks only
+from .request import BadRequest  # torch-free: the request's checks only
 
 LORA_KINDS = ("lora", "lyco")
 _TAG = re.compile(r"<(\w+):([^>]+)>")

@@ -1,20 +1,11 @@
-"""`cleanup`: find what this tool created that nothing uses any more, and remove it."""
+"""Leftovers in the bucket: multipart uploads never finished, code packages no SageMaker model uses."""
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import List
 
-from .aws import Aws, error_code, is_not_found, iso, translate
-from .compat import BaseModel
-
-
-class Orphan(BaseModel):
-    """Something billable or cluttering that belongs to no live model upload or endpoint."""
-
-    kind: str  # endpoint-config | model | scalable-target | scaling-policy | alarm | multipart-upload | code-package
-    name: str
-    detail: str = ""
-    ref: str = ""  # what removing it needs besides the name (a multipart upload's id)
+from ..aws import Aws, error_code, is_not_found, iso, translate
+from .orphan import Orphan
 
 
 def open_uploads(aws: Aws) -> List[Orphan]:
@@ -37,7 +28,7 @@ def abort_upload(aws: Aws, orphan: Orphan) -> None:
 def unused_code_packages(aws: Aws) -> List[Orphan]:
     """The server's code packages (code/ in the bucket, one per version deployed without an image) that no
     SageMaker model uses any more; a new deploy uploads its own again."""
-    from .endpoints.code_package import KEY_PREFIX
+    from ..endpoints.code_package import KEY_PREFIX
 
     s3 = aws.client("s3")
     with translate(f"listing code packages in {aws.s3_uri(KEY_PREFIX)}"):
@@ -58,23 +49,3 @@ def unused_code_packages(aws: Aws) -> List[Orphan]:
                     raise
     return [Orphan(kind="code-package", name=o["Key"], detail=f"uploaded {iso(o['LastModified'])}, no model uses it")
             for o in packages if aws.s3_uri(o["Key"]) not in used]
-
-
-def find_orphans(aws: Aws) -> List[Orphan]:
-    from .endpoints.cleanup import find_orphans as endpoint_orphans
-
-    return endpoint_orphans(aws) + open_uploads(aws) + unused_code_packages(aws)
-
-
-def remove_orphans(aws: Aws, orphans: List[Orphan], on_removed: Callable[[Orphan], None] = lambda o: None) -> None:
-    from .endpoints.cleanup import remove_orphan as remove_endpoint_orphan
-
-    for orphan in orphans:
-        if orphan.kind == "multipart-upload":
-            abort_upload(aws, orphan)
-        elif orphan.kind == "code-package":
-            with translate(f"removing {aws.s3_uri(orphan.name)}"):
-                aws.client("s3").delete_object(Bucket=aws.bucket, Key=orphan.name)
-        else:
-            remove_endpoint_orphan(aws, orphan)
-        on_removed(orphan)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from .config import ENV, Settings
+from ..core.config import ENV, Settings
 
 TAB_TITLE = "Amazon SageMaker"
 TAB_ID = "sagemaker"
@@ -119,19 +119,19 @@ def register() -> None:
     """Called by scripts/sagemaker.py each time the WebUI (re)loads scripts; it clears callbacks before that."""
     from modules import script_callbacks
 
-    from .ui.context import TabContext
+    from ..ui.context import TabContext
 
     # one context for the tab and the routes, so both share the AWS session cache
     ctx = TabContext(settings=settings, model_folders=model_folders)
 
     def on_ui_tabs():
-        from .ui.tab import build_tab
+        from ..ui.tab import build_tab
 
         return [(build_tab(ctx), TAB_TITLE, TAB_ID)]
 
     def on_app_started(demo, app):
-        from .ui.routes import add_routes
-        from .ui.standalone import reconcile_in_background
+        from ..ui.routes import add_routes
+        from ..ui.standalone import reconcile_in_background
 
         add_routes(app, ctx)
         reconcile_in_background(ctx)

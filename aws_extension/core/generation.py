@@ -9,12 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import botocore.exceptions as bex
 
@@ -23,11 +21,8 @@ from .aws import Aws, describe, error_code, is_not_found, split_s3_uri, translat
 from .compat import BaseModel
 from .endpoints import catalog, scaling
 from .errors import ConfigError, Interrupted, NotFound, Refused, TransferError, UserError
-from .models.catalog import CloudModel, find_by_hash, list_models, model_at, models_with_stem
-from .models.types import MODEL_EXTENSIONS, has_model_extension, model_type
-from .prompt_tags import extract_networks
-from .serve.infotext import png_parameters, with_parameters
-from .serve.request import BadRequest, parse_request
+from ..contract.infotext import png_parameters, with_parameters
+from ..contract.request import BadRequest, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +50,6 @@ WHAT_TO_DO = {
     "RollingBack": "wait until it is InService again",
     "UpdateRollbackFailed": "it cannot serve: delete it and deploy again",
 }
-NO_VAE = ("", "none", "automatic")  # the WebUI's VAE settings that mean "the checkpoint's own"
-OWN_VAE = "None"  # how the lists offer "the checkpoint's own VAE", as the WebUI's VAE setting calls it
-EMBEDDING_EXTENSIONS = (".safetensors", ".pt", ".bin")  # what the server loads as embeddings
-HASH = re.compile(r"[0-9a-fA-F]{10,64}")  # the WebUI's "Model hash" is 10; a longer sha256 prefix works too
-TITLE = re.compile(r"(.+?)\s*\[([0-9a-fA-F]{8,64})\]")  # the WebUI's checkpoint title "name.safetensors [hash]"
 
 StateCallback = Callable[[str, str], None]
 
@@ -78,123 +68,6 @@ class Generation(BaseModel):
 def serving_endpoints(aws: Aws, reconcile: bool = True) -> List[str]:
     """The endpoints that can generate now."""
     return [e.name for e in catalog.list_endpoints(aws, reconcile=reconcile) if e.status in SERVING]
-
-
-def cloud_checkpoints(aws: Aws) -> List[str]:
-    return [m.name for m in list_models(aws, "checkpoint")]
-
-
-def cloud_vaes(aws: Aws) -> List[str]:
-    return [OWN_VAE] + [m.name for m in list_models(aws, "vae")]
-
-
-# -- models ---------------------------------------------------------------------------------------------------------
-def _stem(name: str) -> str:
-    return name.rsplit(".", 1)[0]
-
-
-def _preferred(models: Sequence[CloudModel]) -> Dict[str, CloudModel]:
-    """Stem -> model; of two files with one stem, the extension earlier in MODEL_EXTENSIONS (.safetensors first)."""
-    rank = {ext: i for i, ext in enumerate(MODEL_EXTENSIONS)}
-    found: Dict[str, CloudModel] = {}
-    for m in sorted(models, key=lambda m: rank.get("." + m.name.rsplit(".", 1)[-1].lower(), 99)):
-        found.setdefault(_stem(m.name), m)
-    return found
-
-
-def _there(models: Sequence[CloudModel], limit: int = 20) -> str:
-    names = sorted(m.name for m in models)
-    if not names:
-        return "none uploaded"
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return "there: " + ", ".join(names[:limit]) + more
-
-
-def find_checkpoint_by_hash(aws: Aws, short_hash: str) -> Optional[str]:
-    """The cloud checkpoint's file name for an infotext's "Model hash" (None when none has it)."""
-    if not HASH.fullmatch((short_hash or "").strip()):
-        return None
-    found = find_by_hash(aws, "checkpoint", short_hash.strip())
-    return found[0].name if found else None
-
-
-def lookup(aws: Aws, type_id: str, wanted: str) -> Optional[CloudModel]:
-    """By file name, key, s3:// URI, name without extension (the infotext's "Model"), WebUI title or hash. An exact
-    name costs one HEAD, a name without extension one LIST of that stem, a hash one LIST of its markers."""
-    t = model_type(type_id)
-    text = wanted.strip()
-    for prefix in (aws.s3_uri(), t.prefix):
-        text = text[len(prefix):] if text.startswith(prefix) else text
-    title = TITLE.fullmatch(text)
-    name = title.group(1) if title else text
-    exact = model_at(aws, type_id, name) if has_model_extension(name) else None
-    if exact:
-        return exact
-    stem = _preferred(models_with_stem(aws, type_id, name)).get(name) if name and "/" not in name else None
-    if stem:
-        return stem
-    short = title.group(2) if title else text
-    if HASH.fullmatch(short):
-        found = find_by_hash(aws, type_id, short)
-        if found:
-            return found[0]
-    return None
-
-
-def _find(aws: Aws, type_id: str, wanted: str) -> CloudModel:
-    """lookup(), or NotFound saying what is there (the only case that lists the whole folder)."""
-    found = lookup(aws, type_id, wanted)
-    if found:
-        return found
-    t = model_type(type_id)
-    raise NotFound(f"No {t.label} '{wanted.strip()}' in {aws.s3_uri(t.prefix)} ({_there(list_models(aws, type_id))}).")
-
-
-def checkpoint_uri(aws: Aws, wanted: str) -> str:
-    """The s3:// URI of a cloud checkpoint named as resolve_models takes it (the request's models.checkpoint)."""
-    if not (wanted or "").strip():
-        raise Refused("Choose a checkpoint: generating needs one of the cloud's SD checkpoints.")
-    return aws.s3_uri(_find(aws, "checkpoint", wanted).key)
-
-
-def _mentions(texts: Sequence[str], word: str) -> bool:
-    pattern = re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
-    return any(pattern.search(text) for text in texts)
-
-
-def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Sequence[str],
-                   negative_prompts: Sequence[str] = ()) -> dict:
-    """The request's `models`: S3 locations of the checkpoint, the VAE, every LoRA the prompts' tags name, and every
-    embedding named as a word in a prompt. One listing per model folder. NotFound names what is missing."""
-    checkpoint_location = checkpoint_uri(aws, checkpoint)
-    vae_uri = None
-    if vae and vae.strip().lower() not in NO_VAE:
-        vae_uri = aws.s3_uri(_find(aws, "vae", vae).key)
-    texts, wanted = [], []
-    for prompt in prompts:
-        try:
-            text, networks = extract_networks(prompt or "")
-        except BadRequest as exc:  # the server would refuse it after the upload and the queue
-            raise Refused(str(exc)) from None
-        texts.append(text)
-        wanted += [name for name, _ in networks]
-    loras = []
-    if wanted:  # one LIST per LoRA named (of its stem), side by side
-        names = list(dict.fromkeys(wanted))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            found = list(pool.map(lambda n: _preferred(models_with_stem(aws, "lora", n)).get(n), names))
-        missing = [name for name, model in zip(names, found) if model is None]
-        if missing:
-            raise NotFound(f"The prompt uses LoRA {', '.join(repr(n) for n in missing)}, not in "
-                           f"{aws.s3_uri(model_type('lora').prefix)} ({_there(list_models(aws, 'lora'))}): "
-                           f"upload it or fix the tag.")
-        loras = [aws.s3_uri(model.key) for model in found]
-    texts += [text or "" for text in negative_prompts]  # LoRA tags in a negative prompt are text, as in the WebUI
-    embeddings = []
-    if any(text.strip() for text in texts):
-        candidates = [m for m in list_models(aws, "embedding") if m.name.lower().endswith(EMBEDDING_EXTENSIONS)]
-        embeddings = [aws.s3_uri(m.key) for name, m in sorted(_preferred(candidates).items()) if _mentions(texts, name)]
-    return {"checkpoint": checkpoint_location, "vae": vae_uri, "lora": loras, "embeddings": embeddings}
 
 
 # -- answers and errors ---------------------------------------------------------------------------------------------

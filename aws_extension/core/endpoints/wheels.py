@@ -6,7 +6,7 @@ exact wheels of server-wheels.lock.json (written by container/lock.py) and a req
 them with --no-index, each checked by its sha256. Wheels are fetched once per machine into a cache and
 checked against the lock before use.
 
-    python -m aws_extension.endpoints.wheels   # fill the cache (CI does this before its offline tests)
+    python -m aws_extension.core.endpoints.wheels   # fill the cache (CI does this before its offline tests)
 """
 
 from __future__ import annotations

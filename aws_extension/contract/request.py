@@ -13,9 +13,9 @@ import binascii
 import random
 from typing import Dict, List, Optional, Tuple
 
-from ..aws import split_s3_uri
-from ..compat import BaseModel
-from ..errors import UserError
+from ..core.aws import split_s3_uri
+from ..core.compat import BaseModel
+from ..core.errors import UserError
 
 SEED_RANGE = 4294967294  # the WebUI draws a random seed with random.randrange(4294967294)
 

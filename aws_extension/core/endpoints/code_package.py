@@ -28,7 +28,7 @@ from . import wheels
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the aws_extension folder
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the aws_extension folder
 ENTRY = PACKAGE_ROOT / "serve" / "toolkit_entry.py"
 KEY_PREFIX = "code/sd-webui-sagemaker-"
 DATA_SUFFIXES = {".py", ".json", ".txt"}  # source and the small data files the server reads

@@ -14,6 +14,7 @@ from ..aws import Aws, translate
 from ..bootstrap import find_role
 from ..compat import BaseModel, ValidationError
 from ..errors import ConfigError, NotFound, Refused, UserError
+from ..models.lookup import checkpoint_uri
 from . import catalog, code_package, images, scaling
 from .catalog import EndpointRecord
 
@@ -228,8 +229,6 @@ def deploy(aws: Aws, spec: EndpointSpec, background: bool = True) -> EndpointRec
     bucket = aws.bucket
     preload = None
     if spec.preload_checkpoint:  # refused (NotFound) before anything is created
-        from ..generation import checkpoint_uri  # generation imports this package: import it when needed
-
         preload = checkpoint_uri(aws, spec.preload_checkpoint)
     tags = scaling.endpoint_tags(name, spec.endpoint_type, spec.wanted_scaling)
     sm = aws.client("sagemaker")
