@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from test_ui_tab import choose, connection_line, fill, keys, wait_idle, wait_value
+from test_ui_tab import choose, connection_line, fill, keys, options, wait_idle, wait_value
 from ui_support import standalone
 from aws_extension.core import generation
 from aws_extension.core.aws import Aws
@@ -205,6 +205,14 @@ def image_bytes(page, index: int) -> bytes:
     """The PNG the gallery serves for image `index`, as the browser downloads it."""
     src = thumbnails(page).nth(index).locator("img").evaluate("e => e.src")
     return page.request.get(src).body()
+
+
+def test_the_lists_are_filled_as_the_page_opens(live, live_tab):
+    """No Refresh: the InService endpoints, the cloud checkpoints and VAEs are there when the page opens."""
+    page = live_tab
+    assert sorted(options(page, "sagemaker-gen-endpoint")) == sorted([live.realtime, live.async_])
+    assert "sd1.safetensors" in options(page, "sagemaker-gen-checkpoint")
+    assert options(page, "sagemaker-gen-vae")[0] == "None"
 
 
 def test_generate_on_a_realtime_endpoint(live, live_tab):

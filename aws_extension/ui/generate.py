@@ -42,7 +42,8 @@ def serving(listed: list) -> list:
     return [e.name for e in listed if e.status in SERVING]
 
 
-def build(ctx: TabContext, watch: Watch) -> None:
+def build(ctx: TabContext, watch: Watch) -> tuple:
+    """The section; returns its loaders as the page opens: (the cloud models', the endpoints' (followed by watch))."""
     gr.Markdown("### Generate\nOn an InService endpoint, with the checkpoint and VAE from the cloud.")
     with gr.Row():
         endpoint = gr.Dropdown([], label="Endpoint", elem_id="sagemaker-gen-endpoint")
@@ -167,3 +168,5 @@ def build(ctx: TabContext, watch: Watch) -> None:
     # not queued: it must run while the generation holds the queue
     stop.click(stop_job, job, None, queue=False)
     gallery.select(show_info, infotexts, info)
+    return (list_cloud_models, [checkpoint, vae], [checkpoint, vae, result]), \
+        (list_serving, [endpoint, watch.page], [endpoint, result])

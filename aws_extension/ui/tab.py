@@ -17,7 +17,9 @@ def build_tab(ctx: TabContext, standalone: bool = False) -> gr.Blocks:
         followed = endpoints.build(ctx, watch)
         loaders += datasets.build(ctx)
         if standalone:
-            generate.build(ctx, watch)
+            models_loader, serving_loader = generate.build(ctx, watch)
+            loaders.append(models_loader)
+            followed.append(serving_loader)
         tab.load(lambda: connection.status_line(ctx), None, line)
         for fn, inputs, outputs in loaders:  # the lists are filled as the page opens, not at the first Refresh
             tab.load(fn, inputs, outputs)
