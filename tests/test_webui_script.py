@@ -229,11 +229,12 @@ def test_the_prompt_styles_and_the_clip_skip_override(script, endpoint, monkeypa
             return f"{prompt}, no {'+'.join(styles)}"
 
     monkeypatch.setattr(shared, "prompt_styles", Styles(), raising=False)
+    monkeypatch.setitem(shared.opts.data, "randn_source", "NV")  # the user's RNG setting goes along
     name, stand_in = endpoint
     script.run(txt2img(styles=["film"], override_settings={"CLIP_stop_at_last_layers": 3}), name, "sd15", None)
     payload = stand_in.inputs[0][1]["payload"]
     assert (payload["prompt"], payload["negative_prompt"]) == ("a cat, film", "blurry, no film")
-    assert payload["override_settings"] == {"CLIP_stop_at_last_layers": 3}
+    assert payload["override_settings"] == {"CLIP_stop_at_last_layers": 3, "randn_source": "NV"}
 
 
 # -- errors, progress, interrupt ------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler: str, sch
              cfg_scale: float, seed: int, width: int, height: int, model_name: Optional[str],
              model_hash: Optional[str], vae_name: Optional[str] = None, vae_hash: Optional[str] = None,
              subseed: Optional[int] = None, subseed_strength: float = 0.0, denoising_strength: Optional[float] = None,
-             clip_skip: int = 1, lora_hashes: Optional[Dict[str, str]] = None,
+             clip_skip: int = 1, rng: str = "GPU", lora_hashes: Optional[Dict[str, str]] = None,
              ti_hashes: Optional[Dict[str, str]] = None, version: Optional[str] = None) -> str:
     """One image's infotext; pass denoising_strength for img2img only, as the WebUI writes it only there."""
     params = {  # create_infotext's order; None means "left out" as there
@@ -75,6 +75,7 @@ def infotext(prompt: str, negative_prompt: str, *, steps: int, sampler: str, sch
         "Variation seed strength": None if not subseed_strength else subseed_strength,
         "Denoising strength": denoising_strength,
         "Clip skip": None if clip_skip <= 1 else clip_skip,
+        "RNG": None if rng == "GPU" else rng,  # the WebUI names its source only when it is not the default
         # extra_generation_params come after the fixed keys; the Lora and TI extensions add these two
         "Lora hashes": hashes_text(lora_hashes),
         "TI hashes": hashes_text(ti_hashes),

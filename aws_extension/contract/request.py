@@ -27,6 +27,10 @@ SAMPLERS: Dict[str, Tuple[str, str]] = {
 # WebUI 1.10 scheduler label (or its name, as sd_schedulers maps both) -> internal schedule
 SCHEDULES = {"Automatic": None, "Karras": "karras", "Exponential": "exponential"}
 SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential"}
+# the WebUI's "Random number generator source" choices; NV is drawn on the CPU by serve/rng.py
+RANDN_SOURCES = ("GPU", "CPU", "NV")
+# samplers that draw noise at every step (the Brownian tree of DPM++ SDE is seeded, not drawn from the source)
+NEEDS_LATER_NOISE = {"euler_a"}
 # WebUI timestep samplers ignore the schedule (another one here would differ); diffusers' Euler a has no other
 NO_SCHEDULE = {"ddim", "unipc", "euler_a"}
 
@@ -114,6 +118,7 @@ class GenerationRequest(BaseModel):
     mask_blur: int = 4
     inpainting_mask_invert: int = 0
     clip_skip: int = 1  # the WebUI's CLIP_stop_at_last_layers, sent in override_settings
+    randn_source: str = "GPU"  # the WebUI's "Random number generator source" (randn_source), ditto
 
 
 def sampler_schedule(sampler_name: Optional[str], scheduler: Optional[str] = None) -> Tuple[str, str]:
@@ -226,7 +231,8 @@ def parse_request(body: dict) -> GenerationRequest:
     p = body.get("payload") or {}
     if not isinstance(p, dict):
         raise BadRequest("payload", "payload must be a JSON object")
-    known = {f for f in GenerationRequest.__fields__ if f not in ("task", "models", "sampler_id", "schedule", "clip_skip")}
+    known = {f for f in GenerationRequest.__fields__
+             if f not in ("task", "models", "sampler_id", "schedule", "clip_skip", "randn_source")}
     known.add("override_settings")
     for name, value in p.items():
         if name in UNSUPPORTED:
@@ -262,18 +268,28 @@ def parse_request(body: dict) -> GenerationRequest:
         values["inpainting_mask_invert"] = _number(p, "inpainting_mask_invert", int, 0, 1, 0)
         if values["subseed_strength"]:
             raise BadRequest("subseed_strength", "variation seeds (subseed_strength) are supported for txt2img only")
-    values["clip_skip"] = _override_settings(p.get("override_settings"))
+    values.update(_override_settings(p.get("override_settings")))
+    source = values["randn_source"]
+    if source == "NV" and (sampler_id in NEEDS_LATER_NOISE or task == "img2img"):
+        what = "img2img" if task == "img2img" else f"sampler {sampler_name!r}"
+        raise BadRequest("override_settings.randn_source", f"random number generator source 'NV' is not supported "
+                                                           f"with {what} here: choose 'CPU' or 'GPU'")
     return GenerationRequest(**values)
 
 
-def _override_settings(settings) -> int:
-    """The one WebUI setting a request may override here: Clip skip (CLIP_stop_at_last_layers)."""
+def _override_settings(settings) -> dict:
+    """The WebUI settings a request may override here: Clip skip (CLIP_stop_at_last_layers) and the random number
+    generator source (randn_source: GPU, CPU or NV)."""
     if settings in (None, {}):
-        return 1
+        settings = {}
     if not isinstance(settings, dict):
         raise BadRequest("override_settings", "override_settings must be an object")
     for name in settings:
-        if name != "CLIP_stop_at_last_layers":
+        if name not in ("CLIP_stop_at_last_layers", "randn_source"):
             raise BadRequest(f"override_settings.{name}", f"override_settings.{name} is not supported by this "
-                                                          "endpoint (only CLIP_stop_at_last_layers)")
-    return _number(settings, "CLIP_stop_at_last_layers", int, 1, 12, 1)
+                                                          "endpoint (only CLIP_stop_at_last_layers and randn_source)")
+    source = settings.get("randn_source") or "GPU"
+    if source not in RANDN_SOURCES:
+        raise BadRequest("override_settings.randn_source", f"randn_source must be one of {', '.join(RANDN_SOURCES)}, "
+                                                           f"not {source!r}")
+    return {"clip_skip": _number(settings, "CLIP_stop_at_last_layers", int, 1, 12, 1), "randn_source": source}

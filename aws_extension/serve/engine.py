@@ -28,6 +28,7 @@ from .compiled import GpuWorker, cache_supported
 from ..contract.infotext import model_hash, network_hash
 from .prompts import Embeddings, encode_prompts, extract_networks
 from ..contract.request import BadRequest, GenerationRequest, resolve_seeds
+from .rng import ImageNoise
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,10 @@ class Engine:
              cancel: threading.Event) -> List[Image.Image]:
         n = len(seeds)
         kwargs = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()}
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        noise = ImageNoise(req.randn_source, self.device, seeds, subseeds, req.subseed_strength)
+        # txt2img: each image's generator drew its starting noise; the sampler's later draws continue from it
+        generators = noise.generators if req.task == "txt2img" else \
+            [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
         def check(pipe, step, timestep, callback_kwargs):
             if cancel.is_set():
@@ -314,8 +318,9 @@ class Engine:
                       callback_on_step_end=check, output_type="pil")
         pipe = m.pipe
         if req.task == "txt2img":
-            kwargs.update(width=req.width, height=req.height,
-                          latents=self._noise(m, req, seeds, subseeds))
+            shape = (m.pipe.unet.config.in_channels, req.height // m.pipe.vae_scale_factor,
+                     req.width // m.pipe.vae_scale_factor)
+            kwargs.update(width=req.width, height=req.height, latents=noise.first(shape).to(self.device, self.dtype))
         else:
             kind = "inpaint" if req.mask else "img2img"
             pipe = self._variant(m, kind)
@@ -333,19 +338,6 @@ class Engine:
         if req.task == "img2img" and req.mask:  # outside the mask the picture stays the user's, pixel for pixel
             images = [Image.composite(out.convert("RGB"), init, mask) for out, init in zip(images, inits)]
         return images
-
-    def _noise(self, m: Loaded, req: GenerationRequest, seeds: List[int], subseeds: List[int]) -> torch.Tensor:
-        """Initial latents from each image's seed on the CPU, so a seed gives the same image on any GPU."""
-        shape = (m.pipe.unet.config.in_channels, req.height // m.pipe.vae_scale_factor,
-                 req.width // m.pipe.vae_scale_factor)
-        noise = []
-        for seed, subseed in zip(seeds, subseeds):
-            x = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
-            if req.subseed_strength:
-                y = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed))
-                x = slerp(req.subseed_strength, x, y)
-            noise.append(x)
-        return torch.stack(noise).to(self.device, self.dtype)
 
     def _variant(self, m: Loaded, kind: str):
         if kind not in m.variants:
@@ -405,16 +397,6 @@ def _nan_safe(vae, decode):
             vae.to(dtype)
         return (out[0].to(dtype), *out[1:]) if isinstance(out, tuple) else type(out)(sample=out.sample.to(dtype))
     return nan_safe_decode
-
-
-def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation of two noises (the WebUI's variation seed)."""
-    a_n, b_n = a / a.norm(), b / b.norm()
-    dot = (a_n * b_n).sum().clamp(-1, 1)
-    if dot.abs() > 0.9995:
-        return (1 - t) * a + t * b
-    omega = torch.acos(dot)
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
 def decode_image(data: str, field_name: str) -> Image.Image:

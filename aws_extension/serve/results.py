@@ -12,13 +12,16 @@ import time
 from typing import TYPE_CHECKING
 
 
+from .. import __version__
 from ..contract.infotext import hashes_text, infotext, png_base64
 from ..contract.request import GenerationRequest
 
 if TYPE_CHECKING:
     from .engine import Generated
 
-VERSION = "sd-webui-sagemaker"  # the infotext's "Version": not a WebUI git tag, so say whose it is
+# The infotext's "Version": the WebUI release whose pictures the server reproduces, then ours. The WebUI reads it
+# for back-compatibility switches meant for its own pre-1.8 infotexts; this one turns none of them on.
+VERSION = f"v1.10.1-sagemaker-{__version__}"
 
 
 def image_infotext(req: GenerationRequest, g: "Generated", index: int) -> str:
@@ -28,7 +31,7 @@ def image_infotext(req: GenerationRequest, g: "Generated", index: int) -> str:
         model_name=g.model_name, model_hash=g.model_hash, vae_name=g.vae_name, vae_hash=g.vae_hash,
         subseed=g.subseeds[index], subseed_strength=req.subseed_strength,
         denoising_strength=req.denoising_strength if req.task == "img2img" else None, clip_skip=req.clip_skip,
-        lora_hashes=g.lora_hashes, ti_hashes=g.ti_hashes, version=VERSION)
+        rng=req.randn_source, lora_hashes=g.lora_hashes, ti_hashes=g.ti_hashes, version=VERSION)
 
 
 def response(req: GenerationRequest, payload: dict, g: "Generated") -> dict:

@@ -166,10 +166,13 @@ def payload_of(p, task: str, prompt: str, negative: str) -> dict:
         if getattr(p, name, None):
             payload[name] = getattr(p, name)
     # the UI's and the API's override wins over the setting, as process_images applies it
-    clip_skip = (p.override_settings or {}).get("CLIP_stop_at_last_layers",
-                                                getattr(shared.opts, "CLIP_stop_at_last_layers", 1))
-    if int(clip_skip or 1) > 1:
-        payload["override_settings"] = {"CLIP_stop_at_last_layers": int(clip_skip)}
+    overrides = p.override_settings or {}
+    clip_skip = overrides.get("CLIP_stop_at_last_layers", getattr(shared.opts, "CLIP_stop_at_last_layers", 1))
+    source = overrides.get("randn_source", getattr(shared.opts, "randn_source", "GPU")) or "GPU"
+    settings = {"CLIP_stop_at_last_layers": int(clip_skip)} if int(clip_skip or 1) > 1 else {}
+    settings.update({"randn_source": source} if source != "GPU" else {})  # the noise the user's own WebUI draws
+    if settings:
+        payload["override_settings"] = settings
     # unset face restoration and tiling mean the settings' choice, as process_images reads them
     restore, tiling = getattr(p, "restore_faces", None), getattr(p, "tiling", None)
     wanted = {"enable_hr": getattr(p, "enable_hr", False),

@@ -18,5 +18,6 @@ opts = Options({
     "face_restoration": False,
     "face_restoration_model": "CodeFormer",
     "tiling": False,
+    "randn_source": "GPU",
 })
 state = State()  # the WebUI assigns it at start-up (shared_init.initialize)
