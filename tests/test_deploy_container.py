@@ -215,7 +215,7 @@ def test_the_real_lock_covers_the_servers_requirements_for_the_image(monkeypatch
     from packaging.utils import parse_wheel_filename
 
     monkeypatch.undo()  # the real lock, not the tiny one
-    locked = {w.name: w for w in wheels.locked(ROOT / "aws_extension" / "endpoints" / "server-wheels.lock.json")}
+    locked = {w.name: w for w in wheels.locked(ROOT / "aws_extension" / "core" / "endpoints" / "server-wheels.lock.json")}
     for line in code_package.SERVER_REQUIREMENTS:
         req = Requirement(line)
         assert req.name in locked and req.specifier.contains(locked[req.name].version), line
