@@ -74,7 +74,6 @@ def test_values_are_taken():
     ("denoising_strength", body("img2img", init_images=[PNG], denoising_strength=1.5)),
     ("init_images", body(init_images=[PNG])), ("mask", body(mask=PNG)),
     ("sampler_name", body(sampler_name="LMS")), ("scheduler", body(scheduler="Beta")),
-    ("scheduler", body(sampler_name="DDIM", scheduler="Karras")),
     ("enable_hr", body(enable_hr=True)), ("hr_scale", body(hr_scale=1.5)),
     ("refiner_checkpoint", body(refiner_checkpoint="sdxl_refiner")),
     ("alwayson_scripts", body(alwayson_scripts={"controlnet": {"args": []}})),
@@ -111,10 +110,17 @@ def test_refusal_messages_say_what_is_missing():
     ("Euler Exponential", None, ("euler", "exponential")),
     ("DDIM", None, ("ddim", "default")),
     ("UniPC", "Automatic", ("unipc", "default")),
+    ("DDIM", "Karras", ("ddim", "default")),  # the WebUI's timestep samplers take any schedule and ignore it
+    ("UniPC", "Exponential", ("unipc", "default")),
     (None, None, ("euler", "default")),
 ])
 def test_sampler_mapping(name, scheduler, expected):
     assert sampler_schedule(name, scheduler) == expected
+
+
+def test_timestep_samplers_keep_the_schedule_type_asked_for_in_the_infotext():
+    r = parse_request(body(sampler_name="DDIM", scheduler="Karras"))
+    assert (r.sampler_id, r.schedule, r.scheduler) == ("ddim", "default", "Karras")  # as the WebUI writes it
 
 
 def test_legacy_name_sets_the_schedule_type():

@@ -31,8 +31,10 @@ SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "E
 RANDN_SOURCES = ("GPU", "CPU", "NV")
 # samplers that draw noise at every step (the Brownian tree of DPM++ SDE is seeded, not drawn from the source)
 NEEDS_LATER_NOISE = {"euler_a"}
-# WebUI timestep samplers ignore the schedule (another one here would differ); diffusers' Euler a has no other
-NO_SCHEDULE = {"ddim", "unipc", "euler_a"}
+# the WebUI's timestep samplers take any schedule type and ignore it (its infotext still names the one chosen)
+IGNORE_SCHEDULE = {"ddim", "unipc"}
+# diffusers' Euler a has no other schedule: refused rather than drawn differently
+NO_SCHEDULE = {"euler_a"}
 
 # Known WebUI options the endpoint does not do: accepted only at their WebUI default values.
 UNSUPPORTED: Dict[str, Tuple[tuple, str]] = {
@@ -126,7 +128,8 @@ def sampler_schedule(sampler_name: Optional[str], scheduler: Optional[str] = Non
     return _resolve(sampler_name, scheduler)[:2]
 
 
-def _resolve(sampler_name: Optional[str], scheduler: Optional[str]) -> Tuple[str, str, str]:
+def _resolve(sampler_name: Optional[str], scheduler: Optional[str]) -> Tuple[str, str, str, str]:
+    """(internal sampler id, internal schedule, the WebUI's sampler name, the schedule type its infotext names)."""
     name, label = sampler_name or "Euler", scheduler or "Automatic"
     if not isinstance(name, str):
         raise BadRequest("sampler_name", "sampler_name must be a string")
@@ -142,9 +145,11 @@ def _resolve(sampler_name: Optional[str], scheduler: Optional[str]) -> Tuple[str
                                       f"supported: {', '.join(SCHEDULES)}")
     sampler_id, automatic = SAMPLERS[name]
     schedule = SCHEDULES[label] or automatic
+    if sampler_id in IGNORE_SCHEDULE:
+        return sampler_id, "default", name, label
     if sampler_id in NO_SCHEDULE and schedule != "default":
         raise BadRequest("scheduler", f"scheduler {label!r} is not supported with sampler {name!r} here")
-    return sampler_id, schedule, name
+    return sampler_id, schedule, name, SCHEDULE_LABELS[schedule]
 
 
 def resolve_seeds(seed: int, subseed: int, batch_size: int, n_iter: int, rng: Optional[random.Random] = None,
@@ -243,11 +248,12 @@ def parse_request(body: dict) -> GenerationRequest:
             raise BadRequest(name, f"{name} is for img2img; txt2img does not take it")
         elif name not in known and name not in HARMLESS:
             raise BadRequest(name, f"{name} is not a WebUI txt2img/img2img option this endpoint knows")
-    sampler_id, schedule, sampler_name = _resolve(p.get("sampler_name") or p.get("sampler_index"), p.get("scheduler"))
+    sampler_id, schedule, sampler_name, schedule_label = _resolve(p.get("sampler_name") or p.get("sampler_index"),
+                                                                  p.get("scheduler"))
     values = dict(
         task=task, models=_models(body.get("models")), prompt=_text(p, "prompt"),
         negative_prompt=_text(p, "negative_prompt"), sampler_name=sampler_name,
-        scheduler=SCHEDULE_LABELS[schedule], sampler_id=sampler_id, schedule=schedule,
+        scheduler=schedule_label, sampler_id=sampler_id, schedule=schedule,
         steps=_number(p, "steps", int, 1, 150, 50), cfg_scale=_number(p, "cfg_scale", float, 1, 30, 7.0),
         seed=_number(p, "seed", int, -1, 2**32 - 1, -1), subseed=_number(p, "subseed", int, -1, 2**32 - 1, -1),
         subseed_strength=_number(p, "subseed_strength", float, 0, 1, 0.0),

@@ -1,8 +1,10 @@
 """The WebUI's sampler + schedule type, as a diffusers scheduler built from the checkpoint's own config.
 
 The WebUI's k-diffusion samplers space their sigmas evenly over the model's timesteps ("linspace" in
-diffusers' terms); its DDIM and UniPC use the "leading" spacing with an offset of one. A combination diffusers
-cannot give (Euler a with Karras sigmas, say) is refused by request.py rather than approximated.
+diffusers' terms); its DDIM uses the "leading" spacing with an offset of one. Its UniPC (the UniPC authors' own
+sampler: order 3, variant bh1, "time_uniform") steps evenly from timestep 999 down to 0 and ends at the smallest
+noise level, not at zero. A combination diffusers cannot give (Euler a with Karras sigmas, say) is refused by
+request.py rather than approximated.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ SCHEDULERS = {
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
     "ddim": ("DDIMScheduler", {"set_alpha_to_one": False, "clip_sample": False}),
-    "unipc": ("UniPCMultistepScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "predict_x0": True,
+                                          "lower_order_final": True, "final_sigmas_type": "sigma_min"}),
 }
-TIMESTEP_SAMPLERS = {"ddim", "unipc"}
+LEADING = {"ddim"}
 
 
 def make_scheduler(base_config: dict, sampler_id: str, schedule: str, seed: Optional[int] = None):
@@ -31,7 +34,7 @@ def make_scheduler(base_config: dict, sampler_id: str, schedule: str, seed: Opti
     for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas"):
         config.pop(flag, None)
     config.update(extra)
-    if sampler_id in TIMESTEP_SAMPLERS:
+    if sampler_id in LEADING:
         config.update(timestep_spacing="leading", steps_offset=1)
     else:
         config.update(timestep_spacing="linspace", steps_offset=0)

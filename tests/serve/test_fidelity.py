@@ -105,17 +105,24 @@ def test_rng_source_is_honoured_named_in_the_infotext_and_refused_where_it_canno
         request(cloud, override_settings={"randn_source": "AMD"})
 
 
-# -- Euler a, k-diffusion's way ------------------------------------------------------------------------------------
-def euler_ancestral(unet, embeds: dict, alphas_cumprod: torch.Tensor, size: int, steps: int, cfg: float, seed: int,
-                    step_noise_from_seed: bool = True) -> torch.Tensor:
-    """The WebUI's Euler a (k-diffusion's sample_euler_ancestral over a CompVis eps-model), from its algorithm:
-    sigmas at evenly spaced timesteps 999..0 interpolated in log sigma, then a step down to sigma_down along the
-    denoised direction and noise of size sigma_up, drawn from the seed's own generator after the starting noise."""
+# -- k-diffusion's samplers, written out -----------------------------------------------------------------------------
+def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, size: int, steps: int, cfg: float,
+             seed: int, karras: bool = False, step_noise_from_seed: bool = True) -> torch.Tensor:
+    """The WebUI's Euler, Euler a and DPM++ 2M (k-diffusion's sample_euler, sample_euler_ancestral and
+    sample_dpmpp_2m over a CompVis eps-model), from their published algorithms. Sigmas: evenly spaced timesteps
+    999..0 interpolated in log sigma, or Karras et al.'s (rho 7) between the model's smallest and largest sigma;
+    then 0. Euler a's step noise is drawn from the seed's own generator after the starting noise."""
     log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log()
-    t = torch.linspace(len(log_sigmas) - 1, 0, steps)
-    low, frac = t.floor().long(), t - t.floor()
-    high = (low + 1).clamp(max=len(log_sigmas) - 1)
-    sigmas = torch.cat([((1 - frac) * log_sigmas[low] + frac * log_sigmas[high]).exp(), torch.zeros(1)])
+    if karras:
+        ramp = torch.linspace(0, 1, steps)
+        low_, high_ = log_sigmas.min().exp() ** (1 / 7), log_sigmas.max().exp() ** (1 / 7)
+        sigmas = (high_ + ramp * (low_ - high_)) ** 7
+    else:
+        t = torch.linspace(len(log_sigmas) - 1, 0, steps)
+        low, frac = t.floor().long(), t - t.floor()
+        high = (low + 1).clamp(max=len(log_sigmas) - 1)
+        sigmas = ((1 - frac) * log_sigmas[low] + frac * log_sigmas[high]).exp()
+    sigmas = torch.cat([sigmas, torch.zeros(1)])
 
     def timestep(sigma):  # the inverse: sigma -> fractional timestep, interpolating log sigma
         dists = sigma.log() - log_sigmas
@@ -130,17 +137,32 @@ def euler_ancestral(unet, embeds: dict, alphas_cumprod: torch.Tensor, size: int,
         return x - (eps_uncond + cfg * (eps_cond - eps_uncond)) * sigma
 
     generator = torch.Generator().manual_seed(seed)
-    shape = (1, unet.config.in_channels, size, size)
-    x = torch.randn(shape[1:], generator=generator)[None] * sigmas[0]
+    shape = (unet.config.in_channels, size, size)
+    x = torch.randn(shape, generator=generator)[None] * sigmas[0]
     if not step_noise_from_seed:
         generator = torch.Generator().manual_seed(seed)  # what a sampler given a fresh generator would draw
-    for sigma, after in zip(sigmas[:-1], sigmas[1:]):
+    previous = None
+    for i, (sigma, after) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = denoised(x, sigma)
-        up = torch.minimum(after, (after ** 2 * (sigma ** 2 - after ** 2) / sigma ** 2) ** 0.5)
-        down = (after ** 2 - up ** 2) ** 0.5
-        x = x + (x - d) / sigma * (down - sigma)
-        if after > 0:
-            x = x + torch.randn(shape[1:], generator=generator)[None] * up
+        if sampler == "dpmpp_2m":  # in log-sigma time, second order from the previous step's prediction
+            if after == 0:
+                x = d
+            else:
+                t, t_next = -sigma.log(), -after.log()
+                h = t_next - t
+                mixed = d
+                if previous is not None:
+                    r = (t + sigmas[i - 1].log()) / h
+                    mixed = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * previous
+                x = (after / sigma) * x - torch.expm1(-h) * mixed
+            previous = d
+        else:
+            up = torch.minimum(after, (after ** 2 * (sigma ** 2 - after ** 2) / sigma ** 2) ** 0.5) \
+                if sampler == "euler_a" else torch.zeros(())
+            down = (after ** 2 - up ** 2) ** 0.5
+            x = x + (x - d) / sigma * (down - sigma)
+            if after > 0 and sampler == "euler_a":
+                x = x + torch.randn(shape, generator=generator)[None] * up
     return x
 
 
@@ -149,21 +171,57 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
-def test_euler_a_gives_the_picture_of_k_diffusions_algorithm(cloud, tmp_path):
-    engine = Engine(ModelCache(cloud["aws"], tmp_path / "models", 1024 ** 3), tmp_path, device="cpu")
+def reference_picture(pipe, req, sampler: str, karras: bool = False, **kwargs) -> np.ndarray:
+    with torch.inference_mode():
+        embeds = encode_prompts(pipe, req.prompt, req.negative_prompt)
+        x = k_sample(sampler, pipe.unet, embeds, pipe.scheduler.alphas_cumprod, req.width // pipe.vae_scale_factor,
+                     req.steps, req.cfg_scale, req.seed, karras=karras, **kwargs)
+        image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+    return np.asarray(pipe.image_processor.postprocess(image, output_type="pil")[0])
+
+
+@pytest.fixture(scope="module")
+def engine(cloud, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fidelity")
+    return Engine(ModelCache(cloud["aws"], folder / "models", 1024 ** 3), folder, device="cpu")
+
+
+# (the WebUI's sampler and schedule type, the reference's sampler, Karras sigmas)
+MATRIX = [("Euler a", "Automatic", "euler_a", False), ("Euler", "Automatic", "euler", False),
+          ("Euler", "Karras", "euler", True), ("DPM++ 2M", "Automatic", "dpmpp_2m", True),
+          ("DPM++ 2M", "Karras", "dpmpp_2m", True)]
+
+
+@pytest.mark.parametrize("sampler_name, scheduler, reference, karras", MATRIX)
+def test_our_samplers_give_the_picture_of_k_diffusions_algorithms(engine, cloud, sampler_name, scheduler, reference,
+                                                                   karras):
+    req = request(cloud, sampler_name=sampler_name, scheduler=scheduler, negative_prompt="blurry")
+    ours = np.asarray(engine.generate(req).images[0].convert("RGB"))
+    theirs = reference_picture(engine.loaded.pipe, req, reference, karras)
+    print(f"{sampler_name} {scheduler} vs k-diffusion: {psnr(ours, theirs):.1f} dB")
+    assert psnr(ours, theirs) >= SAME_PICTURE_DB, psnr(ours, theirs)
+
+
+def test_the_euler_a_check_has_teeth(engine, cloud):
+    """Step noise from a fresh generator (what the server did before): another picture, below the bar."""
     req = request(cloud)
     ours = np.asarray(engine.generate(req).images[0].convert("RGB"))
-    pipe = engine.loaded.pipe
-    with torch.inference_mode():
-        embeds = encode_prompts(pipe, "a cat", "")
-        pictures = {}
-        for continued in (True, False):
-            x = euler_ancestral(pipe.unet, embeds, pipe.scheduler.alphas_cumprod, req.width // pipe.vae_scale_factor,
-                                req.steps, req.cfg_scale, req.seed, step_noise_from_seed=continued)
-            image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
-            pictures[continued] = np.asarray(pipe.image_processor.postprocess(image, output_type="pil")[0])
-    print(f"Euler a vs k-diffusion: {psnr(ours, pictures[True]):.1f} dB; fresh step generator: "
-          f"{psnr(ours, pictures[False]):.1f} dB")
-    assert psnr(ours, pictures[True]) >= SAME_PICTURE_DB, psnr(ours, pictures[True])
-    # the check has teeth: step noise drawn from a fresh generator is another picture
-    assert psnr(ours, pictures[False]) < SAME_PICTURE_DB, psnr(ours, pictures[False])
+    fresh = reference_picture(engine.loaded.pipe, req, "euler_a", step_noise_from_seed=False)
+    assert psnr(ours, fresh) < SAME_PICTURE_DB, psnr(ours, fresh)
+
+
+def test_unipc_steps_evenly_from_999_to_the_smallest_noise_level(engine, cloud):
+    """The WebUI's UniPC (its authors' sampler with "time_uniform" steps): order 3, variant bh1, timesteps evenly
+    spaced from 999 down to 0, the last step ending at the smallest noise level rather than at zero."""
+    from aws_extension.serve.schedulers import make_scheduler
+
+    engine.generate(request(cloud, sampler_name="UniPC", steps=10))
+    base = engine.loaded.scheduler_config
+    scheduler = make_scheduler(base, "unipc", "default")
+    scheduler.set_timesteps(10)
+    starts = scheduler.timesteps.tolist()
+    assert starts[0] == 999 and len(starts) == 10
+    assert all(abs((a - b) - 99.9) <= 1 for a, b in zip(starts, starts[1:]))  # evenly, to the nearest timestep
+    smallest = float(((1 - scheduler.alphas_cumprod[0]) / scheduler.alphas_cumprod[0]) ** 0.5)
+    assert abs(float(scheduler.sigmas[-1]) - smallest) < 1e-6 and smallest > 0
+    assert (scheduler.config.solver_order, scheduler.config.solver_type) == (3, "bh1")
