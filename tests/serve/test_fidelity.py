@@ -225,3 +225,28 @@ def test_unipc_steps_evenly_from_999_to_the_smallest_noise_level(engine, cloud):
     smallest = float(((1 - scheduler.alphas_cumprod[0]) / scheduler.alphas_cumprod[0]) ** 0.5)
     assert abs(float(scheduler.sigmas[-1]) - smallest) < 1e-6 and smallest > 0
     assert (scheduler.config.solver_order, scheduler.config.solver_type) == (3, "bh1")
+
+
+def test_emphasis_weighs_tokens_and_restores_the_mean_as_the_webui(engine, cloud):
+    """The WebUI's "Original" emphasis on SD1, written out: each fragment tokenized on its own, one 77-token chunk
+    (start, tokens, end-of-text padding), the encoder's output times each token's weight, then rescaled to the
+    unweighted output's mean. The test models' final layer norm is not the identity, so the rescale matters."""
+    engine.generate(request(cloud, sampler_name="Euler", steps=1))
+    pipe = engine.loaded.pipe
+    tok = pipe.tokenizer
+    fragments = [("a cat", 1.3), (", ", 1.0), ("dog", 1 / 1.1)]  # "(a cat:1.3), [dog]"
+    ids, weights = [], []
+    for text, weight in fragments:
+        piece = tok(text, add_special_tokens=False).input_ids
+        ids += piece
+        weights += [weight] * len(piece)
+    ids = [tok.bos_token_id] + ids + [tok.eos_token_id] * (76 - len(ids))
+    weights = [1.0] + weights + [1.0] * (76 - len(weights))
+    with torch.inference_mode():
+        z = pipe.text_encoder(torch.tensor([ids])).last_hidden_state.float()
+        weighted = z * torch.tensor(weights)[None, :, None]
+        expected = weighted * (z.mean() / weighted.mean())
+        ours = encode_prompts(pipe, "(a cat:1.3), [dog]", "")["prompt_embeds"].float()
+    assert ours.shape == expected.shape == (1, 77, z.shape[-1])
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert not torch.allclose(weighted, expected, atol=1e-3)  # the rescale is not a no-op with these models

@@ -189,6 +189,14 @@ def _build(kind: str, seed: Optional[int]) -> Dict[str, torch.nn.Module]:
               "text_encoder": CLIPTextModel(CLIPTextConfig(**(SDXL_CLIP_L if sdxl else SD1_CLIP)))}
     if sdxl:
         models["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_CLIP_G))
+    if seed is not None:  # a real CLIP's final layer norm is not the identity: without this every token's output
+        with torch.no_grad():  # averages to zero and the emphasis' mean-restoring rescale would be rounding noise
+            for name in ("text_encoder", "text_encoder_2"):
+                if name in models:
+                    model = models[name]  # transformers 5 has no text_model level
+                    norm = getattr(getattr(model, "text_model", model), "final_layer_norm")
+                    norm.weight.copy_(1 + 0.5 * torch.randn_like(norm.weight))
+                    norm.bias.copy_(0.2 * torch.randn_like(norm.bias) + 0.1)
     return {k: _fp16_exact(m) if seed is not None else m for k, m in models.items()}
 
 
