@@ -19,7 +19,7 @@ from PIL import Image
 from aws_extension.core import generation
 from aws_extension.core.endpoints import EndpointSpec, deploy, wait_until_settled
 from aws_extension.core.errors import UserError
-from aws_extension.local import runtime as local_runtime
+from aws_extension.local import invocations
 from aws_extension.local.emulator import LOCAL_IMAGE
 
 REALTIME, ASYNC = "local-rt", "local-async"
@@ -86,13 +86,13 @@ def test_realtime_errors_come_back_as_sagemaker_reports_them(endpoints, cloud, r
     err = model_error(lambda: runtime.invoke_endpoint(EndpointName=ASYNC, Body=b"{}"))
     assert err["Error"]["Code"] == "ValidationError" and "InvokeEndpointAsync" in err["Error"]["Message"]
     # the 60 s answer limit and the 6 MB response limit (shrunk here: the emulator runs in this process)
-    monkeypatch.setattr(local_runtime, "INVOKE_TIMEOUT", 0.01)
+    monkeypatch.setattr(invocations, "INVOKE_TIMEOUT", 0.01)
     err = model_error(lambda: runtime.invoke_endpoint(EndpointName=REALTIME, Body=json.dumps(request(cloud)),
                                                       ContentType="application/json"))
     assert err["Error"]["Code"] == "ModelError" and err["OriginalStatusCode"] == 0
     assert "timed out while waiting for a response from container primary" in err["OriginalMessage"]
-    monkeypatch.setattr(local_runtime, "INVOKE_TIMEOUT", 60.0)
-    monkeypatch.setattr(local_runtime, "MAX_PAYLOAD", 2000)
+    monkeypatch.setattr(invocations, "INVOKE_TIMEOUT", 60.0)
+    monkeypatch.setattr(invocations, "MAX_PAYLOAD", 2000)
     err = model_error(lambda: runtime.invoke_endpoint(EndpointName=REALTIME, Body=json.dumps(request(cloud)),
                                                       ContentType="application/json"))
     assert err["Error"]["Code"] == "ModelError" and "response too large" in err["OriginalMessage"]
