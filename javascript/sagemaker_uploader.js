@@ -229,6 +229,53 @@
     }
   }
 
+  // The file's first bytes, sent with the start so the server checks the type before any part goes (as
+  // core/models/headers.py's head_length: a .safetensors header; a torch zip's data.pkl, written first).
+  const HEAD_LIMIT = 16 * 1024 * 1024 + 64 * 1024;
+  const PICKLE_END = [0x2e, 0x50, 0x4b, 0x07, 0x08]; // a pickle's STOP, then the zip's data descriptor
+
+  function indexOf(bytes, pattern, from) {
+    outer: for (let i = from; i <= bytes.length - pattern.length; i++) {
+      for (let j = 0; j < pattern.length; j++) if (bytes[i + j] !== pattern[j]) continue outer;
+      return i;
+    }
+    return -1;
+  }
+
+  function headLength(name, bytes, size) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let wanted = 1024 * 1024; // a plain pickle: its opening
+    if (/\.safetensors$/i.test(name) && bytes.length >= 8) {
+      wanted = 8 + Number(view.getBigUint64(0, true));
+      if (wanted > HEAD_LIMIT + 8 || wanted > size) return bytes.length; // no header: the claim says enough
+    } else if (bytes.length >= 30 && view.getUint32(0, true) === 0x04034b50) {
+      const packed = view.getUint32(18, true);
+      wanted = 30 + view.getUint16(26, true) + view.getUint16(28, true) + packed;
+      if ((view.getUint16(6, true) & 8) && !packed) {
+        const end = indexOf(bytes, PICKLE_END, 30);
+        wanted = end >= 0 ? end + 1 : Math.max(65536, 4 * bytes.length);
+      }
+    }
+    return Math.min(wanted, HEAD_LIMIT, size);
+  }
+
+  async function readHead(file) {
+    let bytes = await readSlice(file, 0, Math.min(file.size, 65536));
+    for (;;) {
+      const wanted = headLength(file.name, bytes, file.size);
+      if (wanted <= bytes.length) return bytes.subarray(0, wanted); // no more than the header
+      const more = await readSlice(file, 0, wanted);
+      if (more.length <= bytes.length) return more;
+      bytes = more;
+    }
+  }
+
+  function base64(bytes) {
+    let text = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    return btoa(text);
+  }
+
   async function hashWhole(file, partSize, row, rank, pools) {
     const sha = new (hashes().Sha256)();
     for (let start = 0; start < file.size; start += partSize) {
@@ -246,7 +293,8 @@
 
   async function uploadFile(file, typeLabel, row, rank, pools, settings) {
     row.set('starting…');
-    const ask = {type: typeLabel, name: file.name, size: file.size};
+    const ask = {type: typeLabel, name: file.name, size: file.size, head: base64(await readHead(file)),
+      force: !!settings.force};
     let plan = await post('start', ask);
     let knownSha = null;
     if (plan.check_sha256) { // the cloud has a model of this name and size: is it this very file?
@@ -259,7 +307,11 @@
     }
     const job = {plan: plan, row: row, settings: settings, failure: null};
     const done = new Map((plan.parts_done || []).map((p) => [p.part_number, p]));
-    if (plan.resumed) row.note = 'resumed, ' + done.size + ' part' + (done.size === 1 ? '' : 's') + ' already in the cloud';
+    if (plan.detected) row.note = plan.detected; // what the header said, e.g. "a LoRA for SDXL"
+    if (plan.resumed) {
+      row.note = (row.note ? row.note + ', ' : '') + 'resumed, ' + done.size + ' part' + (done.size === 1 ? '' : 's') +
+        ' already in the cloud';
+    }
     row.phase = 'uploading';
     row.progress();
 
@@ -316,7 +368,8 @@
     if (knownSha && knownSha !== digest) throw new Error('the file changed while it was being read: upload it again.');
     row.phase = 'assembling';
     row.set('assembling in the cloud…');
-    await post('complete', {key: plan.key, upload_id: plan.upload_id, parts: parts, sha256: digest, size: file.size});
+    await post('complete', {key: plan.key, upload_id: plan.upload_id, parts: parts, sha256: digest, size: file.size,
+      kind: plan.kind, base: plan.base});
     row.finish('done (sha256 ' + digest + ')', true);
     return 'done';
   }
@@ -330,7 +383,7 @@
     return '';
   }
 
-  async function uploadFromLaptop(typeLabel) {
+  async function uploadFromLaptop(typeLabel, force) {
     const input = find('sagemaker-laptop-files');
     const list = find('sagemaker-laptop-progress');
     if (!input || !list) return;
@@ -354,6 +407,7 @@
       concurrency: Number(window.sagemakerUploadConcurrency) || 6,
       delays: Array.isArray(window.sagemakerUploadRetryDelays) ? window.sagemakerUploadRetryDelays : [0, 1000, 3000, 5000],
       stallMs: Number(window.sagemakerUploadStallMs) || 120000,
+      force: !!force, // upload even if the header says another type
     };
     // PUTs in flight, and parts in memory: those plus one read ahead (shared by every file of the batch).
     const pools = {wire: new Pool(settings.concurrency), memory: new Pool(settings.concurrency + 1)};
@@ -376,8 +430,8 @@
     }
   }
 
-  window.sagemakerUploadFromLaptop = function (typeLabel) {
-    uploadFromLaptop(typeLabel).catch((e) => console.error('Amazon SageMaker uploader:', e));
+  window.sagemakerUploadFromLaptop = function (typeLabel, force) {
+    uploadFromLaptop(typeLabel, force).catch((e) => console.error('Amazon SageMaker uploader:', e));
     return [typeLabel];
   };
 })();

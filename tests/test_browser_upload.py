@@ -14,7 +14,9 @@ from aws_extension.core.models.browser import (
     abort_upload, complete_upload, list_parts, presign_part, start_upload,
 )
 from aws_extension.core.models.catalog import read_record, show_model
+from aws_extension.core.models.headers import head_length
 from aws_extension.core.models.transfer import MiB, crc32_b64
+from model_headers import KINDS, safetensors_bytes
 
 KEY = "models/Lora/style.safetensors"
 
@@ -204,3 +206,34 @@ def test_abort_leaves_no_open_upload(aws, data):
     with pytest.raises(NotFound, match="style.safetensors"):
         complete_upload(aws, up.key, up.upload_id, [{"part_number": 1, "etag": "e", "checksum_crc32": "AAAAAA=="}],
                         "0" * 64, len(data))
+
+
+# -- the page sends the file's first bytes with the start: the type is checked before any part ---------------------
+def test_auto_takes_the_folder_from_the_first_bytes_and_the_record_keeps_what_it_is(aws):
+    data = safetensors_bytes(KINDS["sdxl-lora"], 8 * MiB + 500)
+    head = data[:head_length("xl.safetensors", data[:64 * 1024], len(data))]  # as the page slices it
+    assert len(head) < 5000  # the header, not the file
+    up = start_upload(aws, "Auto", "xl.safetensors", len(data), head=head)
+    assert (up.type, up.key, up.kind, up.base, up.detected) == \
+        ("lora", "models/Lora/xl.safetensors", "lora", "sdxl", "a LoRA for SDXL")
+    parts = [send_part(aws, up, data, n) for n in (1, 2)]
+    complete_upload(aws, up.key, up.upload_id, parts, hashlib.sha256(data).hexdigest(), len(data),
+                    kind=up.kind, base=up.base)
+    record = read_record(aws, up.key)
+    assert (record.type, record.kind, record.base) == ("lora", "lora", "sdxl")
+
+
+def test_a_mismatch_or_auto_without_first_bytes_starts_nothing(aws):
+    data = safetensors_bytes(KINDS["sdxl-lora"])
+    with pytest.raises(Refused, match=r"^xl.safetensors: this file is a LoRA for SDXL, not an SD Checkpoint"):
+        start_upload(aws, "SD Checkpoint", "xl.safetensors", len(data), head=data)
+    with pytest.raises(Refused, match="choose its type"):
+        start_upload(aws, "Auto", "xl.safetensors", len(data))
+    with pytest.raises(Refused, match="its header claims"):
+        start_upload(aws, "Auto", "xl.safetensors", 100, head=data)  # the size the page says is the file's
+    assert open_uploads(aws, "models/") == []
+    forced = start_upload(aws, "SD Checkpoint", "xl.safetensors", len(data), head=data, force=True)
+    assert forced.key == "models/Stable-diffusion/xl.safetensors" and forced.kind == "lora"
+    with pytest.raises(Refused, match="not a base model"):
+        complete_upload(aws, forced.key, forced.upload_id, [{"part_number": 1, "etag": "e", "checksum_crc32":
+                                                             crc32_b64(b"x")}], "0" * 64, 1, kind="lora", base="sd9")

@@ -52,6 +52,27 @@ def test_one_failed_item_exits_1_and_others_stay_done(aws_env, tmp_path):
     assert "good.ckpt" in cli(aws_env, "models", "list", check_rc=0).stdout
 
 
+def test_upload_reads_the_type_from_the_file_and_refuses_a_mismatch_unless_forced(aws_env, tmp_path):
+    from model_headers import write_safetensors
+
+    cli(aws_env, "setup", check_rc=0)
+    write_safetensors(tmp_path / "x.safetensors", "sdxl-lora")
+    write_safetensors(tmp_path / "odd.safetensors", {"weight": (4, 4)})
+    auto = cli(aws_env, "models", "upload", str(tmp_path / "x.safetensors"), check_rc=0)  # no --type: Auto
+    assert "uploaded:" in auto.stdout and "/models/Lora/x.safetensors (a LoRA for SDXL, " in auto.stdout
+    unknown = cli(aws_env, "models", "upload", str(tmp_path / "odd.safetensors"), check_rc=1)
+    assert "odd.safetensors: cannot tell what kind of model this is; choose its type" in unknown.stderr
+    wrong = cli(aws_env, "models", "upload", "--type", "checkpoint", str(tmp_path / "x.safetensors"), check_rc=1)
+    assert f"error: {tmp_path / 'x.safetensors'}: this file is a LoRA for SDXL, not an SD Checkpoint" in wrong.stderr
+    assert "--force" in wrong.stderr and wrong.stdout == ""
+    assert json.loads(cli(aws_env, "--json", "models", "list", "--type", "checkpoint", check_rc=0).stdout) == []
+    forced = cli(aws_env, "--json", "models", "upload", "--type", "checkpoint", "--force", str(tmp_path / "x.safetensors"),
+                 check_rc=0)
+    [result] = json.loads(forced.stdout)
+    assert (result["type"], result["key"], result["detected"]) == \
+        ("checkpoint", "models/Stable-diffusion/x.safetensors", "a LoRA for SDXL")
+
+
 def test_bad_usage_exits_2(aws_env):
     assert cli(aws_env, "models", "upload", check_rc=2).stderr
     assert cli(aws_env, "endpoints", "deploy", "--endpoint-type", "batch", check_rc=2).stderr

@@ -10,6 +10,8 @@ import math
 import pytest
 
 from aws_extension import cli
+from aws_extension.core.errors import Refused
+from aws_extension.core.models.types import model_type
 from aws_extension.core.models.lookup import find_checkpoint_by_hash, resolve_models
 from aws_extension.core.models.catalog import (ModelRecord, delete_model, hash_key, legacy_record_key, list_models,
                                           record_key, write_record)
@@ -115,3 +117,34 @@ def test_a_deleted_model_leaves_no_record_or_marker(aws):
     assert record_key(key) not in keys(aws, "records/") and hash_key(sha256_of(1), key) not in keys(aws, "hashes/")
     assert keys(aws, "models/") == ["models/Stable-diffusion/" + name_of(0)]
     assert find_checkpoint_by_hash(aws, sha256_of(1)[:10]) is None
+
+
+def test_a_lora_or_embedding_for_another_base_is_refused_before_anything_is_invoked(proxy, aws):
+    """Records that say the bases (what the headers told at upload): a mix is refused by name, at one GET per
+    model named; models whose records say nothing of a base go through."""
+    seed_checkpoints(aws.bucket, 3)
+    s3 = aws.client("s3")
+
+    def put(type_id: str, name: str, kind=None, base=None):
+        key = model_type(type_id).key(name)
+        s3.put_object(Bucket=aws.bucket, Key=key, Body=b"x" * 10)
+        write_record(aws, ModelRecord(type=type_id, name=name, key=key, size=10, kind=kind, base=base))
+
+    put("checkpoint", "sd15.safetensors", "checkpoint", "sd1")
+    put("lora", "xl-style.safetensors", "lora", "sdxl")
+    put("lora", "detail.safetensors", "lora", "sd1")
+    put("lora", "old.safetensors")  # uploaded before records said a base
+    put("embedding", "xl-hands.safetensors", "embedding", "sdxl")
+    proxy.reset_counts()
+    models = resolve_models(aws, "sd15.safetensors", None, ["a cat <lora:detail:0.6> <lora:old:1>"], ["bad"])
+    assert [m.rsplit("/", 1)[-1] for m in models["lora"]] == ["detail.safetensors", "old.safetensors"]
+    assert len(proxy.requests) == 7, s3_requests(proxy)  # HEAD, 2 LISTs of stems, the embeddings' LIST, 3 records
+    with pytest.raises(Refused) as refused:
+        resolve_models(aws, "sd15", None, ["a cat <lora:xl-style:1> <lora:detail:1>, xl-hands"])
+    assert str(refused.value) == ("The checkpoint sd15.safetensors is SD 1.x, but LoRA xl-style.safetensors is for "
+                                  "SDXL; embedding xl-hands.safetensors is for SDXL: they do not work together. "
+                                  "Choose a checkpoint for the same base, or leave those out of the prompt.")
+    # a checkpoint whose record says no base: nothing more is read, nothing refused
+    proxy.reset_counts()
+    resolve_models(aws, name_of(1), None, ["<lora:xl-style:1>"])
+    assert len(proxy.requests) == 3, s3_requests(proxy)  # its HEAD, the LoRA's LIST, its record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -11,9 +12,11 @@ import pytest
 
 from aws_extension.core.models.catalog import show_model
 from aws_extension.core.models.transfer import MiB, crc32_b64
+from model_headers import KINDS, safetensors_bytes
 from ui_support import standalone
 
 UPLOADS = "sagemaker/uploads/"
+XL_LORA = safetensors_bytes(KINDS["sdxl-lora"])
 
 
 def client(url: str) -> httpx.Client:
@@ -108,6 +111,10 @@ def test_the_page_flow_through_the_routes(tab_url, aws, caplog):
     ("start", {"type": "LoRA", "name": "a.safetensors"}, "'size' is missing"),
     ("start", {"type": "LoRA", "name": "a.safetensors", "size": 0}, "empty"),
     ("start", {"type": "Nothing", "name": "a.safetensors", "size": 10}, "Unknown model type"),
+    ("start", {"type": "SD Checkpoint", "name": "a.safetensors", "size": len(XL_LORA),
+               "head": base64.b64encode(XL_LORA).decode()}, "a.safetensors: this file is a LoRA for SDXL, not an SD"),
+    ("start", {"type": "Auto", "name": "a.safetensors", "size": 10}, "choose its type"),
+    ("start", {"type": "Auto", "name": "a.safetensors", "size": 10, "head": "not base64!"}, "in base64"),
     ("complete", {"key": "models/VAE/a.pt", "upload_id": "u", "parts": [], "sha256": "0" * 64, "size": 1},
      "no parts"),
     ("complete", {"key": "models/VAE/a.pt", "upload_id": "u", "parts": [{"part_number": 1}], "sha256": "x", "size": 1},

@@ -10,10 +10,12 @@ import re
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
 
-from aws_extension.core.models.catalog import show_model
+from aws_extension.core.models.catalog import read_record, show_model
 from aws_extension.core.models.transfer import MiB, crc32_b64
 from faultproxy import delay_parts, fail_part
+from model_headers import write_safetensors
 from ui_support import standalone
 
 PART = 8 * MiB
@@ -34,7 +36,16 @@ def open_laptop(page, url: str):
         except PlaywrightTimeoutError:
             assert attempt < 4, "the 'from Laptop' tab never opened"
     page.evaluate(FAST_RETRIES)
+    pick_type(page, "SD Checkpoint")  # these tests send random bytes, of no kind a header tells: a type is chosen
     return page
+
+
+def pick_type(page, label: str) -> None:
+    """Choose in the 'Model type' dropdown (Auto by default)."""
+    box = page.locator("#sagemaker-laptop-type input")
+    box.click()
+    page.locator("#sagemaker-laptop-type li.item").filter(has_text=re.compile(rf"^\W*{re.escape(label)}\s*$")).first.click()
+    expect(box).to_have_value(label)
 
 
 @pytest.fixture
@@ -219,3 +230,24 @@ def test_refused_file_and_nothing_picked_say_why(laptop, aws, tmp_path):
     assert re.match(r"notes\.txt: failed: .*not a model file", rows[0]), rows
     assert rows[1].startswith("lora.safetensors: done"), rows
     assert open_uploads(aws) == []
+
+
+def test_auto_reads_the_type_from_the_first_bytes_and_a_mismatch_needs_the_checkbox(laptop, aws, tmp_path):
+    """The page sends the file's header with the start: Auto files it where it belongs; a type that does not match
+    is refused before any part, unless 'Upload even if the type does not match' is ticked."""
+    data = write_safetensors(tmp_path / "xl.safetensors", "sdxl-lora", size=PART + 1000)
+    pick_type(laptop, "Auto")
+    [row] = upload(laptop, [tmp_path / "xl.safetensors"])
+    assert row == f"xl.safetensors: a LoRA for SDXL — done (sha256 {sha(data)})", row
+    assert s3_bytes(aws, "models/Lora/xl.safetensors") == data
+    record = read_record(aws, "models/Lora/xl.safetensors")
+    assert (record.kind, record.base) == ("lora", "sdxl")
+
+    pick_type(laptop, "SD Checkpoint")
+    [row] = upload(laptop, [tmp_path / "xl.safetensors"])
+    assert row.startswith("xl.safetensors: failed: xl.safetensors: this file is a LoRA for SDXL, not an SD Checkpoint"), row
+    assert open_uploads(aws) == []
+    laptop.locator("#sagemaker-laptop-force input").check()
+    [row] = upload(laptop, [tmp_path / "xl.safetensors"])
+    assert row == f"xl.safetensors: a LoRA for SDXL — done (sha256 {sha(data)})", row
+    assert read_record(aws, "models/Stable-diffusion/xl.safetensors").kind == "lora"

@@ -236,6 +236,29 @@ def test_upload_from_webui_paths(tab, aws, tmp_path):
     assert keys(aws, "records/") == ["records/" + k + ".json" for k in uploaded]
 
 
+def test_upload_from_webui_auto_and_a_mismatch_forced(tab, aws, tmp_path):
+    from model_headers import write_safetensors
+
+    path = tmp_path / "models" / "xl.safetensors"
+    digest = hashlib.sha256(write_safetensors(path, "sdxl-lora", size=1_000_000)).hexdigest()
+    fill(tab, "sagemaker-path-auto", str(path))  # the first box: each file's header says its type
+    tab.click("#sagemaker-webui-upload")
+    text = wait_value(tab, "sagemaker-webui-result", f"sha256 {digest}")
+    assert text == f"{path}: uploaded (a LoRA for SDXL), 1.0 MB, sha256 {digest}"
+    assert record(aws, "models/Lora/xl.safetensors")["base"] == "sdxl"
+
+    fill(tab, "sagemaker-path-auto", "")
+    fill(tab, "sagemaker-path-checkpoint", str(path))
+    tab.click("#sagemaker-webui-upload")
+    text = wait_value(tab, "sagemaker-webui-result", "failed")
+    assert text.startswith(f"{path}: failed: this file is a LoRA for SDXL, not an SD Checkpoint"), text
+    assert keys(aws, "models/") == ["models/Lora/xl.safetensors"]
+    tab.locator("#sagemaker-webui-force input").check()
+    tab.click("#sagemaker-webui-upload")
+    wait_value(tab, "sagemaker-webui-result", f"{path}: uploaded (a LoRA for SDXL)")
+    assert keys(aws, "models/") == ["models/Lora/xl.safetensors", "models/Stable-diffusion/xl.safetensors"]
+
+
 # -- 3. from URL -------------------------------------------------------------------------------------------------
 def test_upload_from_urls(tab, aws, http_files):
     root, base = http_files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import threading
 import weakref
 
@@ -14,10 +15,11 @@ from aws_extension.core.bootstrap import setup
 from aws_extension.core.config import Settings
 from aws_extension.core.errors import Interrupted, Refused, TransferError
 from aws_extension.core.models import transfer
-from aws_extension.core.models.catalog import show_model
+from aws_extension.core.models.catalog import read_record, show_model
 from aws_extension.core.models.transfer import MiB, ObjectWriter
 from aws_extension.core.models.uploads import expand_paths, upload_paths
 from faultproxy import fail_part, s3_error
+from model_headers import state_dict, webui_embedding, write_safetensors, write_torch
 
 PART = 8 * MiB
 
@@ -333,3 +335,54 @@ def test_a_size_beyond_what_an_upload_can_hold_is_refused_before_any_request(s3a
     with pytest.raises(Refused, match=r"huge.safetensors: the file is 100,000,000,000,000 bytes, more than one "):
         writer.write(iter([b"x" * PART]), 10**14, transfer.part_size_for(10**14))
     assert sum(proxy.parts_passed.values()) == 0 and open_uploads(s3aws) == []
+
+
+# -- what the file is: its header, read before anything is sent -------------------------------------------------
+def cloud_keys(aws) -> list:
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def test_auto_files_each_model_in_its_folder_and_records_what_it_is(aws, tmp_path):
+    write_safetensors(tmp_path / "xl.safetensors", "sdxl-lora", size=PART + 99)
+    write_torch(tmp_path / "sd15.ckpt", {"state_dict": state_dict("sd1-checkpoint")})
+    write_torch(tmp_path / "emb.pt", webui_embedding(768))
+    write_safetensors(tmp_path / "canny.safetensors", "sd1-controlnet")
+    write_safetensors(tmp_path / "vae.safetensors", "vae")
+    results = upload_paths(aws, "auto", [str(tmp_path)])
+    assert [(r.name, r.status, r.key, r.detected) for r in results] == [
+        ("canny.safetensors", "uploaded", "models/ControlNet/canny.safetensors", "a ControlNet for SD 1.x"),
+        ("emb.pt", "uploaded", "models/embeddings/emb.pt", "a textual inversion for SD 1.x"),
+        ("sd15.ckpt", "uploaded", "models/Stable-diffusion/sd15.ckpt", "an SD 1.x checkpoint"),
+        ("vae.safetensors", "uploaded", "models/VAE/vae.safetensors", "a VAE"),
+        ("xl.safetensors", "uploaded", "models/Lora/xl.safetensors", "a LoRA for SDXL"),
+    ]
+    records = {r.name: read_record(aws, r.key) for r in results}
+    assert [(rec.kind, rec.base) for rec in records.values()] == [
+        ("controlnet", "sd1"), ("embedding", "sd1"), ("checkpoint", "sd1"), ("vae", None), ("lora", "sdxl")]
+    # again under Auto: the header finds the folder, and the cloud holds this very file there
+    assert upload_paths(aws, "auto", [str(tmp_path / "xl.safetensors")])[0].status == "skipped"
+
+
+def test_a_mismatch_is_refused_by_name_and_nothing_is_written_unless_forced(aws, tmp_path):
+    path = tmp_path / "x.safetensors"
+    write_safetensors(path, "sdxl-lora")
+    [refused] = upload_paths(aws, "checkpoint", [str(path)])
+    assert refused.status == "failed" and refused.error.startswith(
+        f"{path}: this file is a LoRA for SDXL, not an SD Checkpoint; choose LoRA (or Auto)"), refused.error
+    assert cloud_keys(aws) == []
+    [forced] = upload_paths(aws, "checkpoint", [str(path)], force=True)
+    assert (forced.status, forced.key) == ("uploaded", "models/Stable-diffusion/x.safetensors")
+    assert (read_record(aws, forced.key).type, read_record(aws, forced.key).kind) == ("checkpoint", "lora")
+
+
+def test_auto_refuses_a_lying_header_and_a_file_it_cannot_tell(aws, tmp_path):
+    (tmp_path / "lies.safetensors").write_bytes(b"x" * 1000)  # its "length" is 0x7878787878787878
+    (tmp_path / "notjson.safetensors").write_bytes(struct.pack("<Q", 12) + b"hello world!" + bytes(50))
+    write_safetensors(tmp_path / "plain.safetensors", {"weight": (4, 4)})
+    lies, notjson, plain = upload_paths(aws, "auto", [str(tmp_path / n) for n in
+                                                      ("lies.safetensors", "notjson.safetensors", "plain.safetensors")])
+    assert lies.status == "failed" and lies.type == "auto" and "far more than any model's" in lies.reason
+    assert notjson.reason == "its header is not JSON: not a .safetensors file; nothing was uploaded."
+    assert plain.reason == "cannot tell what kind of model this is; choose its type instead of Auto."
+    assert cloud_keys(aws) == []

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import socket
+import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ from aws_extension.core.errors import Refused
 from aws_extension.core.models import catalog, transfer, urls
 from aws_extension.core.models.urls import upload_urls
 from faultproxy import fail_part, s3_error
+from model_headers import KINDS, safetensors_bytes, state_dict, torch_zip_bytes
 
 MiB = 1024 * 1024
 BIG = random.Random(7).randbytes(24 * MiB + 12345)  # 4 parts of 8 MiB
@@ -424,3 +426,56 @@ def test_a_part_corrupted_on_the_way_is_sent_once_more(via_proxy, proxy, site, t
         assert result.reason == ("part 2 arrived corrupted at S3 twice (BadDigest): the network or a proxy on the "
                                  "way is altering data; nothing was kept, try again.")
         assert nothing_left(via_proxy)
+
+
+# -- what the file is: read from the body's first bytes, before anything is written -----------------------------
+FILES.update({
+    "xl-style.safetensors": safetensors_bytes(KINDS["sdxl-lora"], 9 * MiB + 5, seed=3),  # two parts
+    "base.ckpt": torch_zip_bytes({"state_dict": state_dict("sd1-checkpoint")}),  # as torch.save streams it
+    "lies.safetensors": struct.pack("<Q", 10**6) + b"x" * 1000,
+    "plain.safetensors": safetensors_bytes({"weight": (4, 4)}),
+})
+
+
+def records(aws):
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix="records/")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.mark.parametrize("how", ["f", "chunked"])  # with and without a Content-Length
+def test_auto_puts_each_file_in_its_folder_and_records_what_it_is(aws, site, how):
+    lora, ckpt = upload_urls(aws, "auto", [site.url(f"/{how}/xl-style.safetensors"), site.url(f"/{how}/base.ckpt")],
+                             allow_private=True)
+    assert (lora.status, lora.type, lora.key, lora.detected) == \
+        ("uploaded", "lora", "models/Lora/xl-style.safetensors", "a LoRA for SDXL"), lora.error
+    assert (ckpt.status, ckpt.type, ckpt.detected) == ("uploaded", "checkpoint", "an SD 1.x checkpoint"), ckpt.error
+    assert s3_bytes(aws, lora.key) == FILES["xl-style.safetensors"]
+    assert s3_bytes(aws, "models/Stable-diffusion/base.ckpt") == FILES["base.ckpt"]
+    record = catalog.read_record(aws, lora.key)
+    assert (record.kind, record.base) == ("lora", "sdxl")
+    assert (catalog.read_record(aws, ckpt.key).kind, catalog.read_record(aws, ckpt.key).base) == ("checkpoint", "sd1")
+    if how == "f":  # the same URL under Auto: the header says where it went, and the server vouches it is there
+        [again] = upload_urls(aws, "auto", site.url("/f/xl-style.safetensors"), allow_private=True)
+        assert (again.status, again.key) == ("skipped", lora.key)
+
+
+def test_a_mismatch_is_refused_before_anything_is_written_unless_forced(aws, site):
+    url = site.url("/f/xl-style.safetensors")
+    [refused] = upload_urls(aws, "checkpoint", url, allow_private=True)
+    assert refused.status == "failed"
+    assert refused.reason.startswith("this file is a LoRA for SDXL, not an SD Checkpoint"), refused.reason
+    assert nothing_left(aws) and records(aws) == []
+    [forced] = upload_urls(aws, "checkpoint", url, allow_private=True, force=True)
+    assert (forced.status, forced.key) == ("uploaded", "models/Stable-diffusion/xl-style.safetensors")
+    assert catalog.read_record(aws, forced.key).kind == "lora"  # what it is, whatever it was filed as
+
+
+def test_auto_refuses_a_lying_header_and_a_file_it_cannot_tell(aws, site):
+    lies, plain = upload_urls(aws, "auto", [site.url("/f/lies.safetensors"), site.url("/f/plain.safetensors")],
+                              allow_private=True)
+    assert lies.status == "failed" and "its header claims 1,000,000 bytes but the whole file has 1,008" in lies.error
+    assert plain.status == "failed" and plain.reason == "cannot tell what kind of model this is; choose its type " \
+        "instead of Auto."
+    assert nothing_left(aws)
+    [chosen] = upload_urls(aws, "vae", site.url("/f/plain.safetensors"), allow_private=True)
+    assert chosen.status == "uploaded" and chosen.key == "models/VAE/plain.safetensors"

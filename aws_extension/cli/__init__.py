@@ -16,8 +16,8 @@ from .generate import cmd_generate
 from .output import EXIT_FAILED, Cli, error
 from .servers import cmd_local, cmd_serve, cmd_ui
 from .storage import (cmd_cleanup, cmd_datasets_create, cmd_datasets_delete, cmd_datasets_list, cmd_datasets_show,
-                      cmd_models_delete, cmd_models_list, cmd_models_show, cmd_models_upload, cmd_models_upload_url,
-                      cmd_setup)
+                      cmd_models_delete, cmd_models_list, cmd_models_show, cmd_models_sync, cmd_models_upload,
+                      cmd_models_upload_url, cmd_setup)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,14 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = groups.add_parser("models", help="model files in S3").add_subparsers(dest="command", required=True)
     type_help = "checkpoint, embedding, lora, controlnet, hypernetwork, vae (or the folder name)"
+    auto_help = "auto (the default: each file's header says its type), or " + type_help
+    force_help = "upload even if the file's header says it is of another type than --type"
     c = command(models, "upload", cmd_models_upload, "upload model files or folders from this machine")
-    c.add_argument("--type", required=True, help=type_help)
+    c.add_argument("--type", default="auto", help=auto_help)
+    c.add_argument("--force", action="store_true", help=force_help)
     c.add_argument("paths", nargs="+", metavar="PATH")
     c = command(models, "upload-url", cmd_models_upload_url, "stream downloads straight into S3")
-    c.add_argument("--type", required=True, help=type_help)
+    c.add_argument("--type", default="auto", help=auto_help)
+    c.add_argument("--force", action="store_true", help=force_help)
     c.add_argument("--description", help="a JSON object kept with each model")
     c.add_argument("--allow-private", action="store_true", help="allow loopback and private-network URLs")
     c.add_argument("urls", nargs="+", metavar="URL")
+    c = command(models, "sync", cmd_models_sync, "upload every model file of the WebUI's model folders that the cloud "
+                "lacks (matched by sha256); the others are skipped without sending")
+    c.add_argument("--type", action="append", help=type_help + "; repeatable (default: every type)")
+    c.add_argument("--dry-run", action="store_true", help="list what would be uploaded, and what is there already")
+    c.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                   help="a WebUI folder, its models folder, or one type's folder (repeatable; default: the WebUI "
+                        "this extension is in)")
     c = command(models, "list", cmd_models_list, "list models in the cloud")
     c.add_argument("--type", help=type_help)
     for name, fn, what in (("show", cmd_models_show, "show one model's record"),

@@ -65,7 +65,9 @@ class Cli:
         for r in results:
             if r.ok:
                 if not self.json:
-                    print(f"{r.status}: {r.item} -> {self.aws.s3_uri(r.key)} ({size_text(r.size)}, sha256 {r.sha256})")
+                    what = f"{r.detected}, " if getattr(r, "detected", None) else ""  # what its header said
+                    print(f"{r.status}: {r.item} -> {self.aws.s3_uri(r.key)} ({what}{size_text(r.size)}, "
+                          f"sha256 {r.sha256})")
             else:
                 error(f"{r.item}: {r.reason}")
         return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED

@@ -37,7 +37,8 @@ def cmd_models_upload(cli: Cli) -> int:
     from ..core.models.uploads import upload_paths
 
     cli.watch_ctrl_c()
-    return cli.results(upload_paths(cli.aws, cli.args.type, cli.args.paths, progress=cli.progress, cancel=cli.cancel))
+    return cli.results(upload_paths(cli.aws, cli.args.type, cli.args.paths, progress=cli.progress, cancel=cli.cancel,
+                                    force=cli.args.force))
 
 
 def cmd_models_upload_url(cli: Cli) -> int:
@@ -46,7 +47,48 @@ def cmd_models_upload_url(cli: Cli) -> int:
     cli.watch_ctrl_c()
     allow = cli.args.allow_private or None
     return cli.results(upload_urls(cli.aws, cli.args.type, cli.args.urls, description=cli.args.description,
-                                   allow_private=allow, progress=cli.progress, cancel=cli.cancel))
+                                   allow_private=allow, progress=cli.progress, cancel=cli.cancel,
+                                   force=cli.args.force))
+
+
+def cmd_models_sync(cli: Cli) -> int:
+    """Every model file of the model folders that the cloud lacks; one progress line on stderr for the whole sync."""
+    import sys
+    import time
+
+    from ..core.models.sync import (default_dirs, folders_from_dirs, item_line, progress_text, standalone_cache,
+                                    summary, sync_models)
+    from ..core.text import Pace
+    from .output import EXIT_FAILED, error
+
+    cli.watch_ctrl_c()
+    dirs = cli.args.models_dir or default_dirs()
+    folders, failures = folders_from_dirs(dirs, cli.args.type or ())
+    pace, shown = Pace(), {"at": 0.0, "phase": ""}
+
+    def progress(p) -> None:
+        now, complete = time.monotonic(), p.files_done == p.files_total  # a phase's last line is always drawn
+        if not sys.stderr.isatty() or (p.phase == shown["phase"] and not complete and now - shown["at"] < 0.2):
+            return
+        ended = shown["phase"] and p.phase != shown["phase"]  # keep the last line of the phase before
+        shown.update(at=now, phase=p.phase)
+        sys.stderr.write(("\n" if ended else "\r\033[K") + progress_text(p, pace)[:150])
+        sys.stderr.flush()
+
+    items = failures + sync_models(cli.aws, folders, dry_run=cli.args.dry_run, cache=standalone_cache(dirs),
+                                   progress=progress, cancel=cli.cancel)
+    if shown["phase"]:
+        sys.stderr.write("\n")
+    if cli.json:
+        print(json.dumps([i.dict() for i in items], indent=2))
+    for i in items:
+        if not i.ok:
+            error(f"{i.item}: {i.reason}")
+        elif not cli.json and (cli.args.dry_run or i.status != "skipped"):
+            print(item_line(i, cli.aws))
+    if not cli.json:
+        print(summary(items, cli.args.dry_run))
+    return EXIT_OK if all(i.ok for i in items) else EXIT_FAILED
 
 
 def cmd_models_list(cli: Cli) -> int:

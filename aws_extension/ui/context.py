@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import gradio as gr
 
@@ -34,6 +34,10 @@ class TabContext:
     settings: Callable[[], Settings]
     # folders a path typed into "from WebUI" may reach; empty: nothing may be uploaded from disk
     model_folders: Callable[[], List[str]] = lambda: []
+    # Sync all: (type id, folder) pairs to walk (the WebUI's own folders per type), and the sha256 cache to use;
+    # None: the model folders, each a WebUI root, models folder or type folder, and our own cache file
+    sync_folders: Optional[Callable[[], List[Tuple[str, str]]]] = None
+    hash_cache: Optional[Callable[[], object]] = None
     _cache: Dict[str, Aws] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -139,7 +143,8 @@ def result_lines(results) -> str:
     lines = []
     for r in results:
         if r.ok:
-            lines.append(f"{r.item}: {r.status}, {size_text(r.size)}, sha256 {r.sha256}")
+            what = f" ({r.detected})" if getattr(r, "detected", None) else ""  # what its header said: under Auto, where it went
+            lines.append(f"{r.item}: {r.status}{what}, {size_text(r.size)}, sha256 {r.sha256}")
         else:
             lines.append(f"{r.item}: {r.status}: {r.reason}")
     return "\n".join(lines) or "Nothing to upload."

@@ -8,14 +8,18 @@ from pathlib import Path
 import gradio as gr
 
 from ..core.models.catalog import delete_model, list_models, show_model
+from ..core.models.detect import AUTO, AUTO_LABEL
 from ..core.models.types import MODEL_TYPES, model_type
 from ..core.models.uploads import upload_paths
 from ..core.models.urls import upload_urls
 from ..core.text import size_text
 from .context import (NOT_DELETED, TabContext, choice_update, confirm_delete, handled, js, message,
                       progress_lines, result_lines, run_with_progress)
+from .sync import sync_all
 
 LABELS = [t.label for t in MODEL_TYPES]
+UPLOAD_LABELS = [AUTO_LABEL] + LABELS  # Auto: each file's header says its type
+FORCE = "Upload even if the type does not match"
 ALL = "All"
 LAPTOP_PICKER = """
 <div id="sagemaker-laptop">
@@ -41,13 +45,16 @@ def from_webui(ctx: TabContext) -> tuple:
     # said before any upload, not only in a refusal; the folders are read as the page opens (settings can change)
     gr.Markdown("Paths may come only from these model folders (a bare file name is looked up in them):")
     folders = gr.Markdown(elem_id="sagemaker-webui-folders")
-    boxes = [gr.Textbox(label=t.label, lines=2, placeholder="one path per line", elem_id=f"sagemaker-path-{t.id}")
-             for t in MODEL_TYPES]
+    kinds = [AUTO] + [t.id for t in MODEL_TYPES]
+    boxes = [gr.Textbox(label=label, lines=2, placeholder="one path per line", elem_id=f"sagemaker-path-{kind}")
+             for kind, label in zip(kinds, UPLOAD_LABELS)]
+    force = gr.Checkbox(False, label=FORCE, elem_id="sagemaker-webui-force")
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-webui-upload")
     output = gr.Textbox(label="Upload result", lines=4, interactive=False, elem_id="sagemaker-webui-result")
 
-    def upload(*texts):
-        jobs = [(t, split_paths(text)) for t, text in zip(MODEL_TYPES, texts) if split_paths(text)]
+    def upload(*values):
+        texts, forced = values[:-1], bool(values[-1])
+        jobs = [(kind, split_paths(text)) for kind, text in zip(kinds, texts) if split_paths(text)]
         if not jobs:
             yield "Type the path of at least one model file."
             return
@@ -58,39 +65,43 @@ def from_webui(ctx: TabContext) -> tuple:
 
         def work(progress, cancel):
             aws = ctx.aws()
-            return [r for t, paths in jobs for r in upload_paths(aws, t.id, paths, folders, progress, cancel)]
+            return [r for kind, paths in jobs for r in upload_paths(aws, kind, paths, folders, progress, cancel, forced)]
 
         yield from run_with_progress(work, progress_lines(), result_lines)
 
-    return button.click(upload, boxes, output), (lambda: folders_text(ctx.model_folders()), None, folders)
+    return button.click(upload, boxes + [force], output), (lambda: folders_text(ctx.model_folders()), None, folders)
 
 
 def from_laptop() -> None:
-    kind = gr.Dropdown(LABELS, value=LABELS[0], label="Model type", elem_id="sagemaker-laptop-type")
+    kind = gr.Dropdown(UPLOAD_LABELS, value=AUTO_LABEL, label="Model type", elem_id="sagemaker-laptop-type")
     gr.HTML(LAPTOP_PICKER)
+    force = gr.Checkbox(False, label=FORCE, elem_id="sagemaker-laptop-force")
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-laptop-upload")
     # The browser sends the bytes straight to S3 (javascript/sagemaker_uploader.js); the server only presigns.
     # the browser code returns nothing: the event has no outputs, and a value for one makes gradio's page fail
-    button.click(None, [kind], None, **js("(kind) => { sagemakerUploadFromLaptop(kind); return []; }"))
+    button.click(None, [kind, force], None,
+                 **js("(kind, force) => { sagemakerUploadFromLaptop(kind, force); return []; }"))
 
 
 def from_url(ctx: TabContext) -> None:
-    kind = gr.Dropdown(LABELS, value=LABELS[0], label="Model type", elem_id="sagemaker-url-type")
+    kind = gr.Dropdown(UPLOAD_LABELS, value=AUTO_LABEL, label="Model type", elem_id="sagemaker-url-type")
     urls = gr.Textbox(label="URL list (Comma-separated in English)", lines=2, elem_id="sagemaker-url-list")
     description = gr.Textbox(label="Models Description (Optional)", lines=2, placeholder='{"author": "..."}',
                              elem_id="sagemaker-url-description")
+    force = gr.Checkbox(False, label=FORCE, elem_id="sagemaker-url-force")
     button = gr.Button("Upload Models to Cloud", variant="primary", elem_id="sagemaker-url-upload")
     output = gr.Textbox(label="URL upload result", lines=4, interactive=False, elem_id="sagemaker-url-result")
 
-    def upload(kind_label, url_text, description_text):
+    def upload(kind_label, url_text, description_text, forced):
         def work(progress, cancel):
             aws = ctx.aws()
-            return upload_urls(aws, model_type(kind_label).id, url_text, description_text or None,
-                               progress=progress, cancel=cancel)
+            kind = AUTO if kind_label == AUTO_LABEL else model_type(kind_label).id
+            return upload_urls(aws, kind, url_text, description_text or None, progress=progress, cancel=cancel,
+                               force=bool(forced))
 
         yield from run_with_progress(work, progress_lines(), result_lines)
 
-    return button.click(upload, [kind, urls, description], output)
+    return button.click(upload, [kind, urls, description, force], output)
 
 
 def model_choice(m) -> str:
@@ -156,12 +167,13 @@ def build(ctx: TabContext) -> list:
     with gr.Tabs():
         with gr.Tab("from WebUI", elem_id="sagemaker-tab-webui"):
             webui_done, folders_loader = from_webui(ctx)
+            sync_done = sync_all(ctx)
         with gr.Tab("from Laptop", elem_id="sagemaker-tab-laptop"):
             from_laptop()
         with gr.Tab("from URL", elem_id="sagemaker-tab-url"):
             url_done = from_url(ctx)
         with gr.Tab("Models in the Cloud", elem_id="sagemaker-tab-cloud"):
             loader = cloud_models(ctx)
-    for done in (webui_done, url_done):  # the cloud's list shows what was just uploaded
+    for done in (webui_done, sync_done, url_done):  # the cloud's list shows what was just uploaded
         done.then(*loader)
     return [folders_loader, loader]

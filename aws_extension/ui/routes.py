@@ -12,6 +12,8 @@ upload or model is gone); nothing answers a traceback, and no presigned URL is e
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -49,11 +51,23 @@ def _field(body: dict, name: str, kind: type, required: bool = True):
     return value
 
 
+def _head(body: dict) -> Optional[bytes]:
+    """The file's first bytes, base64 in "head" (the page reads them so the type is checked before any part)."""
+    text = _field(body, "head", str, required=False)
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused("'head' must be the file's first bytes in base64.") from None
+
+
 def start_step(aws, body: dict) -> dict:
     from ..core.models.browser import start_upload
 
     return start_upload(aws, _field(body, "type", str), _field(body, "name", str), _field(body, "size", int),
-                        sha256=_field(body, "sha256", str, required=False) or None).dict()
+                        sha256=_field(body, "sha256", str, required=False) or None, head=_head(body),
+                        force=body.get("force") is True).dict()
 
 
 def sign_step(aws, body: dict) -> dict:
@@ -73,7 +87,9 @@ def complete_step(aws, body: dict) -> dict:
     from ..core.models.browser import complete_upload
 
     return complete_upload(aws, _field(body, "key", str), _field(body, "upload_id", str), _field(body, "parts", list),
-                           _field(body, "sha256", str), _field(body, "size", int)).dict()
+                           _field(body, "sha256", str), _field(body, "size", int),
+                           kind=_field(body, "kind", str, required=False),
+                           base=_field(body, "base", str, required=False)).dict()
 
 
 def abort_step(aws, body: dict) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..core.config import ENV, Settings
 
@@ -82,6 +82,34 @@ def _existing(paths) -> List[str]:
 
 def model_folders() -> List[str]:
     """The folders the WebUI reads models from, as it resolves them; 'from WebUI' may upload only from these."""
+    return _existing(folder for _, folder in _type_folders())
+
+
+def sync_folders() -> List[Tuple[str, str]]:
+    """(type id, folder) for each existing folder the WebUI reads models of that type from: what Sync all walks."""
+    seen: List[Tuple[str, str]] = []
+    for type_id, folder in _type_folders():
+        seen += [(type_id, f) for f in _existing([folder]) if f not in (s for _, s in seen)]
+    return seen
+
+
+def hash_cache():
+    """The WebUI's own sha256 cache (its cache.json "hashes", live: what we hash it knows too), then ours."""
+    from ..core.models.hashcache import JsonHashCache, Layered, TitleCache
+
+    try:
+        from modules import cache as webui_cache  # 1.6 and later
+    except ImportError:
+        try:
+            from modules import hashes as webui_cache  # older: the cache lived in hashes.py
+        except ImportError:
+            return JsonHashCache()
+    section = webui_cache.cache("hashes")
+    return Layered([JsonHashCache(), TitleCache(section, save=webui_cache.dump_cache,
+                                                lock=getattr(webui_cache, "cache_lock", None))])
+
+
+def _type_folders() -> List[Tuple[str, Optional[str]]]:
     from modules import paths_internal, shared
 
     cmd = getattr(shared, "cmd_opts", None)
@@ -91,18 +119,19 @@ def model_folders() -> List[str]:
     def flag(name: str) -> Optional[str]:
         return getattr(cmd, name, None)
 
-    return _existing([
+    return [
         # checkpoints and VAEs: the WebUI lists the default folder and the flag's folder both
-        os.path.join(models, "Stable-diffusion"), flag("ckpt_dir"),
-        os.path.join(models, "VAE"), flag("vae_dir"),
+        ("checkpoint", os.path.join(models, "Stable-diffusion")), ("checkpoint", flag("ckpt_dir")),
+        ("vae", os.path.join(models, "VAE")), ("vae", flag("vae_dir")),
         # --lora-dir comes from the built-in Lora extension (default models/Lora), which also reads LyCORIS
-        flag("lora_dir") or os.path.join(models, "Lora"), flag("lyco_dir_backcompat"),
-        flag("hypernetwork_dir") or os.path.join(models, "hypernetworks"),
-        flag("embeddings_dir") or os.path.join(data, "embeddings"),
+        ("lora", flag("lora_dir") or os.path.join(models, "Lora")), ("lora", flag("lyco_dir_backcompat")),
+        ("hypernetwork", flag("hypernetwork_dir") or os.path.join(models, "hypernetworks")),
+        ("embedding", flag("embeddings_dir") or os.path.join(data, "embeddings")),
         # the ControlNet extension reads its folder, its setting's folder and its --controlnet-dir
-        os.path.join(models, "ControlNet"), _option(getattr(shared, "opts", None), "control_net_models_path"),
-        flag("controlnet_dir"),
-    ])
+        ("controlnet", os.path.join(models, "ControlNet")),
+        ("controlnet", _option(getattr(shared, "opts", None), "control_net_models_path")),
+        ("controlnet", flag("controlnet_dir")),
+    ]
 
 
 def on_ui_settings() -> None:
@@ -122,7 +151,7 @@ def register() -> None:
     from ..ui.context import TabContext
 
     # one context for the tab and the routes, so both share the AWS session cache
-    ctx = TabContext(settings=settings, model_folders=model_folders)
+    ctx = TabContext(settings=settings, model_folders=model_folders, sync_folders=sync_folders, hash_cache=hash_cache)
 
     def on_ui_tabs():
         from ..ui.tab import build_tab

@@ -194,7 +194,7 @@ def _build(kind: str, seed: Optional[int]) -> Dict[str, torch.nn.Module]:
             for name in ("text_encoder", "text_encoder_2"):
                 if name in models:
                     model = models[name]  # transformers 5 has no text_model level
-                    norm = getattr(getattr(model, "text_model", model), "final_layer_norm")
+                    norm = getattr(model, "text_model", model).final_layer_norm
                     norm.weight.copy_(1 + 0.5 * torch.randn_like(norm.weight))
                     norm.bias.copy_(0.2 * torch.randn_like(norm.bias) + 0.1)
     return {k: _fp16_exact(m) if seed is not None else m for k, m in models.items()}

@@ -20,8 +20,10 @@ from ..aws import Aws, error_code, translate
 from ..compat import BaseModel
 from ..errors import NotFound, Refused, TransferError
 from .catalog import ModelRecord, now_iso, recorded_sha256, write_record
+from .detect import BASES, chosen_type, decide, detect_head
+from .headers import HEAD_LIMIT
 from .transfer import MAX_PARTS, part_size_for, verify_completed
-from .types import MODEL_TYPES, check_file_name, model_type
+from .types import MODEL_TYPES, check_file_name
 from .uploads import UploadResult
 
 CHECKSUM_HEADER = "x-amz-checksum-crc32"
@@ -57,6 +59,10 @@ class BrowserUpload(BaseModel):
     # Asked without a sha256 while the cloud holds a recorded model of this name and size: nothing was started;
     # the page hashes the file and asks again with it (so any other file is hashed on the way up, in one read).
     check_sha256: bool = False
+    # what the file's first bytes (sent with the start) said it is; the page sends them back with the completion
+    kind: Optional[str] = None
+    base: Optional[str] = None
+    detected: Optional[str] = None
 
 
 # -- keys --------------------------------------------------------------------------------------------
@@ -111,17 +117,30 @@ def check_expires(expires: int) -> int:
 
 
 # -- the flow ----------------------------------------------------------------------------------------
-def start_upload(aws: Aws, type_name: str, file_name: str, size: int, sha256: Optional[str] = None) -> BrowserUpload:
-    """Resume the open upload of this key when its parts fit this file, else start one (CRC32 per part)."""
-    t = model_type(type_name)
+def start_upload(aws: Aws, type_name: str, file_name: str, size: int, sha256: Optional[str] = None,
+                 head: Optional[bytes] = None, force: bool = False) -> BrowserUpload:
+    """Resume the open upload of this key when its parts fit this file, else start one (CRC32 per part).
+
+    head: the file's first bytes (as many as headers.head_length asks for): the type is checked from them before
+    anything starts; type "auto" takes the type they tell. force: go on although they tell another type."""
+    chosen = chosen_type(type_name)
     name = check_file_name(file_name)
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise Refused(f"{name}: the file is empty or its size ({size!r}) is not a positive number of bytes.")
+    if head is not None and len(head) > HEAD_LIMIT + 64 * 1024:
+        raise Refused(f"{name}: the first bytes sent to check the file are more than its header can be.")
+    detected = detect_head(name, head, size) if head else None
+    if detected is None and chosen is None:
+        raise Refused(f"{name}: its first bytes were not sent, so its type cannot be read from them; choose its type.")
+    t = decide(detected, chosen, name, force) if detected else chosen
     part_size = part_size_for(size)
     if part_size > MAX_PART:
         raise Refused(f"{name}: {size} bytes is more than one S3 object can hold (10,000 parts of 5 GiB).")
+    known = detected is not None and detected.known
     plan = dict(type=t.id, name=name, key=t.key(name), size=size, part_size=part_size,
-                part_count=-(-size // part_size))
+                part_count=-(-size // part_size), kind=detected.kind if known else None,
+                base=detected.base if known and detected.base != "unknown" else None,
+                detected=detected.what if known else None)
     recorded = recorded_sha256(aws, t.key(name), size)
     if recorded and not sha256:
         return BrowserUpload(**plan, check_sha256=True)
@@ -211,9 +230,15 @@ def abort_upload(aws: Aws, key: str, upload_id: str) -> None:
 
 
 def complete_upload(aws: Aws, key: str, upload_id: str, parts: List[dict], sha256: str, size: int,
-                    source: str = "browser", description: Optional[dict] = None) -> UploadResult:
-    """Assemble the parts, check the object against what the browser sent, then write the model's record."""
+                    source: str = "browser", description: Optional[dict] = None, kind: Optional[str] = None,
+                    base: Optional[str] = None) -> UploadResult:
+    """Assemble the parts, check the object against what the browser sent, then write the model's record (with the
+    kind and base its start found, as the page sends them back)."""
     t, name = parse_key(key)
+    if kind is not None and kind not in [m.id for m in MODEL_TYPES]:
+        raise Refused(f"{name}: '{kind}' is not a model type.")
+    if base is not None and base not in BASES:
+        raise Refused(f"{name}: '{base}' is not a base model ({', '.join(BASES)}).")
     digest = (sha256 or "").strip().lower()
     if not SHA256_RE.match(digest):
         raise Refused(f"{name}: '{sha256}' is not a sha256 (64 hex digits).")
@@ -239,7 +264,8 @@ def complete_upload(aws: Aws, key: str, upload_id: str, parts: List[dict], sha25
     with translate(f"checking the uploaded {name}"):
         verify_completed(aws, key, name, completed, size, [p.checksum_crc32 for p in checked])
     write_record(aws, ModelRecord(type=t.id, name=name, key=key, size=size, sha256=digest, source=source,
-                                  description=description, uploaded_at=now_iso()))
+                                  description=description, uploaded_at=now_iso(), kind=kind,
+                                  base=base if kind else None))
     return UploadResult(item=name, type=t.id, status="uploaded", name=name, key=key, size=size, sha256=digest,
                         parts_sent=len(checked))
 

@@ -38,6 +38,10 @@ class ModelRecord(BaseModel):
     source_etag: Optional[str] = None
     description: Optional[dict] = None
     uploaded_at: str = ""
+    # what the file's header said it is (detect.py): a type id and a base (sd1, sd2, sdxl, sd3, flux); None when it
+    # could not be told, and in records older versions wrote
+    kind: Optional[str] = None
+    base: Optional[str] = None
 
 
 class CloudModel(BaseModel):
@@ -96,10 +100,11 @@ def parse_record(body: Optional[bytes]) -> Optional[ModelRecord]:
         return None
 
 
-def read_record(aws: Aws, key: str) -> Optional[ModelRecord]:
-    """The model's record; one written by an older version beside the model is read where it is until it moves."""
+def read_record(aws: Aws, key: str, legacy: bool = True) -> Optional[ModelRecord]:
+    """The model's record; one written by an older version beside the model is read where it is until it moves
+    (legacy=False: not looked for, one GET; such records say nothing of kind and base)."""
     body = _get_record(aws, record_key(key), key)
-    if body is None and key.startswith(MODELS):
+    if body is None and legacy and key.startswith(MODELS):
         body = _get_record(aws, legacy_record_key(key), key)
     return parse_record(body)
 

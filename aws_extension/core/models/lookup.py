@@ -11,7 +11,8 @@ from ...contract.prompt_tags import extract_networks
 from ...contract.request import BadRequest
 from ..aws import Aws
 from ..errors import NotFound, Refused
-from .catalog import CloudModel, find_by_hash, list_models, model_at, models_with_stem
+from .catalog import CloudModel, find_by_hash, list_models, model_at, models_with_stem, read_record
+from .detect import BASE_NAMES
 from .types import MODEL_EXTENSIONS, has_model_extension, model_type
 
 NO_VAE = ("", "none", "automatic")  # the WebUI's VAE settings that mean "the checkpoint's own"
@@ -91,11 +92,35 @@ def _find(aws: Aws, type_id: str, wanted: str) -> CloudModel:
     raise NotFound(f"No {t.label} '{wanted.strip()}' in {aws.s3_uri(t.prefix)} ({_there(list_models(aws, type_id))}).")
 
 
-def checkpoint_uri(aws: Aws, wanted: str) -> str:
-    """The s3:// URI of a cloud checkpoint named as resolve_models takes it (the request's models.checkpoint)."""
+def _checkpoint(aws: Aws, wanted: str) -> CloudModel:
     if not (wanted or "").strip():
         raise Refused("Choose a checkpoint: generating needs one of the cloud's SD checkpoints.")
-    return aws.s3_uri(_find(aws, "checkpoint", wanted).key)
+    return _find(aws, "checkpoint", wanted)
+
+
+def checkpoint_uri(aws: Aws, wanted: str) -> str:
+    """The s3:// URI of a cloud checkpoint named as resolve_models takes it (the request's models.checkpoint)."""
+    return aws.s3_uri(_checkpoint(aws, wanted).key)
+
+
+def _recorded_base(aws: Aws, key: str) -> Optional[str]:
+    record = read_record(aws, key, legacy=False)  # one GET; older records say no base
+    return record.base if record and record.base in BASE_NAMES else None
+
+
+def check_bases(aws: Aws, checkpoint: CloudModel, others: Sequence[tuple]) -> None:
+    """Refuse LoRAs and embeddings ((label, model) pairs) made for another base model than the checkpoint, where the
+    records of both say (what their headers told at upload): one GET for the checkpoint's, and only when it names
+    a base one GET per other model, side by side."""
+    base = _recorded_base(aws, checkpoint.key) if others else None
+    if not base:
+        return
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bases = list(pool.map(lambda m: _recorded_base(aws, m.key), [m for _, m in others]))
+    wrong = [f"{label} {m.name} is for {BASE_NAMES[b]}" for (label, m), b in zip(others, bases) if b and b != base]
+    if wrong:
+        raise Refused(f"The checkpoint {checkpoint.name} is {BASE_NAMES[base]}, but {'; '.join(wrong)}: they do not "
+                      f"work together. Choose a checkpoint for the same base, or leave those out of the prompt.")
 
 
 def _mentions(texts: Sequence[str], word: str) -> bool:
@@ -106,8 +131,9 @@ def _mentions(texts: Sequence[str], word: str) -> bool:
 def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Sequence[str],
                    negative_prompts: Sequence[str] = ()) -> dict:
     """The request's `models`: S3 locations of the checkpoint, the VAE, every LoRA the prompts' tags name, and every
-    embedding named as a word in a prompt. One listing per model folder. NotFound names what is missing."""
-    checkpoint_location = checkpoint_uri(aws, checkpoint)
+    embedding named as a word in a prompt. One listing per model folder. NotFound names what is missing; Refused
+    when their records say a LoRA or embedding is for another base model than the checkpoint."""
+    checkpoint_model = _checkpoint(aws, checkpoint)
     vae_uri = None
     if vae and vae.strip().lower() not in NO_VAE:
         vae_uri = aws.s3_uri(_find(aws, "vae", vae).key)
@@ -119,7 +145,7 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
             raise Refused(str(exc)) from None
         texts.append(text)
         wanted += [name for name, _ in networks]
-    loras = []
+    loras: List[CloudModel] = []
     if wanted:  # one LIST per LoRA named (of its stem), side by side
         names = list(dict.fromkeys(wanted))
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -129,10 +155,13 @@ def resolve_models(aws: Aws, checkpoint: str, vae: Optional[str], prompts: Seque
             raise NotFound(f"The prompt uses LoRA {', '.join(repr(n) for n in missing)}, not in "
                            f"{aws.s3_uri(model_type('lora').prefix)} ({_there(list_models(aws, 'lora'))}): "
                            f"upload it or fix the tag.")
-        loras = [aws.s3_uri(model.key) for model in found]
+        loras = found
     texts += [text or "" for text in negative_prompts]  # LoRA tags in a negative prompt are text, as in the WebUI
-    embeddings = []
+    embeddings: List[CloudModel] = []
     if any(text.strip() for text in texts):
         candidates = [m for m in list_models(aws, "embedding") if m.name.lower().endswith(EMBEDDING_EXTENSIONS)]
-        embeddings = [aws.s3_uri(m.key) for name, m in sorted(_preferred(candidates).items()) if _mentions(texts, name)]
-    return {"checkpoint": checkpoint_location, "vae": vae_uri, "lora": loras, "embeddings": embeddings}
+        embeddings = [m for name, m in sorted(_preferred(candidates).items()) if _mentions(texts, name)]
+    # before anything is invoked; VAEs are left out: a header does not tell an SD 1.x VAE from an SDXL one
+    check_bases(aws, checkpoint_model, [("LoRA", m) for m in loras] + [("embedding", m) for m in embeddings])
+    return {"checkpoint": aws.s3_uri(checkpoint_model.key), "vae": vae_uri, "lora": [aws.s3_uri(m.key) for m in loras],
+            "embeddings": [aws.s3_uri(m.key) for m in embeddings]}

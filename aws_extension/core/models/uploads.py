@@ -11,8 +11,9 @@ from ..aws import Aws
 from ..compat import BaseModel
 from ..errors import Interrupted, Refused, UserError
 from .catalog import ModelRecord, now_iso, recorded_sha256, write_record
+from .detect import AUTO, Detected, chosen_type, decide, detect_file
 from .transfer import MiB, ObjectWriter, Progress, ProgressFn, part_size_for, read_chunks
-from .types import ModelType, check_file_name, has_model_extension, model_type
+from .types import ModelType, check_file_name, has_model_extension
 
 
 class UploadResult(BaseModel):
@@ -28,6 +29,7 @@ class UploadResult(BaseModel):
     parts_sent: int = 0
     parts_reused: int = 0
     error: Optional[str] = None
+    detected: Optional[str] = None  # what the header said the file is: "a LoRA for SDXL"
 
     @property
     def ok(self) -> bool:
@@ -40,27 +42,31 @@ class UploadResult(BaseModel):
         return error[len(self.item) + 2:] if error.startswith(f"{self.item}: ") else error
 
 
-def failed(item: str, t: ModelType, exc: UserError) -> UploadResult:
+def failed(item: str, t: Optional[ModelType], exc: UserError) -> UploadResult:
+    """t: None under Auto (the type was not known yet)."""
     status = "interrupted" if isinstance(exc, Interrupted) else "failed"
-    return UploadResult(item=item, type=t.id, status=status, error=str(exc))
+    return UploadResult(item=item, type=t.id if t else AUTO, status=status, error=str(exc))
 
 
 def store_model(aws: Aws, t: ModelType, name: str, item: str, chunks: Iterable[bytes], total: Optional[int],
                 part_size: int, source: str, description: Optional[dict] = None,
                 progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-                source_etag: Optional[str] = None) -> UploadResult:
+                source_etag: Optional[str] = None, detected: Optional[Detected] = None) -> UploadResult:
     """Write the model and then its record; the record last, so a listed record means a whole model."""
     writer = ObjectWriter(aws, t.key(name), item, progress, cancel)
     sent = writer.write(chunks, total, part_size)
+    known = detected is not None and detected.known
     write_record(aws, ModelRecord(
         type=t.id, name=name, key=sent.key, size=sent.size, sha256=sent.sha256, source=source,
         source_etag=source_etag, description=description, uploaded_at=now_iso(),
+        kind=detected.kind if known else None, base=detected.base if known and detected.base != "unknown" else None,
     ))
     if progress:
         progress(Progress(item, sent.size, sent.size, "done"))
     return UploadResult(
         item=item, type=t.id, status="resumed" if sent.resumed else "uploaded", name=name, key=sent.key,
         size=sent.size, sha256=sent.sha256, parts_sent=sent.parts_sent, parts_reused=sent.parts_reused,
+        detected=detected.what if known else None,
     )
 
 
@@ -125,14 +131,19 @@ def already_there(aws: Aws, key: str, path: Path, size: int, progress: Optional[
     return local if local == recorded else None
 
 
-def upload_file(aws: Aws, t: ModelType, path: Path, item: Optional[str] = None,
-                progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> UploadResult:
+def upload_file(aws: Aws, t: Optional[ModelType], path: Path, item: Optional[str] = None,
+                progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                force: bool = False) -> UploadResult:
+    """t: the chosen type, None for Auto (the file's header decides); force: upload even if the header says the
+    file is of another type."""
     item = item or str(path)
     name = check_file_name(path.name, item)
     try:
         size = path.stat().st_size
         if size == 0:  # as URL and browser uploads refuse it: no model is empty, it is a failed copy
             raise Refused(f"{item}: the file is empty; nothing was uploaded.")
+        detected = detect_file(path)  # its header only, before anything is sent
+        t = decide(detected, t, item, force)
         same = already_there(aws, t.key(name), path, size, progress, item)
         if same:
             if progress:
@@ -142,25 +153,27 @@ def upload_file(aws: Aws, t: ModelType, path: Path, item: Optional[str] = None,
         part_size = part_size_for(size)
         with path.open("rb") as f:
             return store_model(aws, t, name, item, read_chunks(f, part_size), size, part_size,
-                               source=f"file:{path}", progress=progress, cancel=cancel)
+                               source=f"file:{path}", progress=progress, cancel=cancel, detected=detected)
     except OSError as exc:
         raise UserError(f"{item}: cannot read the file: {exc.strerror or exc}.") from exc
 
 
-def upload_paths(aws: Aws, type_name: str, paths: Iterable[str], allowed_roots: Sequence[str] = (),
-                 progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> List[UploadResult]:
-    """Every path on its own: a refused or failed one does not stop the others."""
-    t = model_type(type_name)
+def upload_paths(aws: Aws, type_name: Optional[str], paths: Iterable[str], allowed_roots: Sequence[str] = (),
+                 progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                 force: bool = False) -> List[UploadResult]:
+    """Every path on its own: a refused or failed one does not stop the others. type_name "auto" (or None): each
+    file's header says its type."""
+    t = chosen_type(type_name)
     results = []
     for item, target in expand_paths(paths, allowed_roots):
         if cancel is not None and cancel.is_set():
-            results.append(UploadResult(item=item, type=t.id, status="interrupted", error=f"{item}: not started (stopped)."))
+            results.append(failed(item, t, Interrupted(f"{item}: not started (stopped).")))
             continue
         if isinstance(target, UserError):
             results.append(failed(item, t, target))
             continue
         try:
-            results.append(upload_file(aws, t, target, item, progress, cancel))
+            results.append(upload_file(aws, t, target, item, progress, cancel, force))
         except UserError as exc:
             if progress:
                 progress(Progress(item, state="interrupted" if isinstance(exc, Interrupted) else "failed", message=str(exc)))

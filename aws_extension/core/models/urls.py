@@ -22,9 +22,11 @@ from urllib3 import exceptions as ue
 from ..aws import Aws
 from ..errors import Interrupted, Refused, TransferError, UserError
 from .catalog import same_source
+from .detect import chosen_type, decide, detect_head
+from .headers import grow_head
 from .url_safety import redact_url, resolve_host
 from .transfer import READ_PIECE, Progress, ProgressFn, check_upload_size, part_size_for, read_chunks
-from .types import ModelType, check_file_name, model_type
+from .types import ModelType, check_file_name
 from .uploads import UploadResult, failed, store_model
 
 log = logging.getLogger(__name__)
@@ -251,9 +253,17 @@ class _Download:
         self.resp = self.pool = None
 
 
-def upload_url(aws: Aws, t: ModelType, url: str, description: Optional[dict] = None, allow_private: bool = False,
-               progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None) -> UploadResult:
-    """One URL into S3 as t's model; raises UserError with the redacted URL in the message."""
+def upload_url(aws: Aws, t: Optional[ModelType], url: str, description: Optional[dict] = None,
+               allow_private: bool = False, progress: Optional[ProgressFn] = None,
+               cancel: Optional[threading.Event] = None, force: bool = False) -> UploadResult:
+    """One URL into S3 as t's model (None: Auto, as its header says); raises UserError with the redacted URL in
+    the message.
+
+    The type is checked from the body's first bytes, before anything is written: a .safetensors header is at the
+    start, and so is a torch .ckpt/.pt's data.pkl (torch.save writes that zip entry first, its end marked by the
+    pickle's STOP and the data descriptor). No Range request for the zip's listing at the end: a zip whose first
+    entry is not data.pkl (another writer) is of unknown kind, refused under Auto and uploaded as chosen otherwise.
+    """
     item = redact_url(url)
     down = _Download(url, item, allow_private, cancel)
     try:
@@ -272,35 +282,49 @@ def upload_url(aws: Aws, t: ModelType, url: str, description: Optional[dict] = N
         check_upload_size(total, item, "the server says the file is")
         etag = resp.headers.get("ETag", "")
         strong = etag if etag and not etag.startswith("W/") and not encoded else None
-        if strong and total is not None:  # the server vouches it is the same file: nothing to send again
-            same = same_source(aws, t.key(name), item, strong, total)
-            if same:
-                if progress:
-                    progress(Progress(item, total, total, "skipped"))
-                return UploadResult(item=item, type=t.id, status="skipped", name=name, key=same.key, size=total,
-                                    sha256=same.sha256)
+
+        def skipped(t: ModelType) -> Optional[UploadResult]:
+            same = same_source(aws, t.key(name), item, strong, total) if strong and total is not None else None
+            if same is None:  # the server vouches it is the same file (strong ETag, size): nothing to send again
+                return None
+            if progress:
+                progress(Progress(item, total, total, "skipped"))
+            return UploadResult(item=item, type=t.id, status="skipped", name=name, key=same.key, size=total,
+                                sha256=same.sha256)
+
+        done = skipped(t) if t is not None else None  # before a byte of the body is read
+        if done:
+            return done
         down.start_body(total, encoded)
         first = down.read(PEEK)
         if not first:
             raise Refused(f"{item}: the server sent an empty file; nothing was uploaded.")
         if looks_html(first):
             raise Refused(html)
+        first = grow_head(name, first, down.read, total)
+        detected = detect_head(name, first, total)
+        chosen, t = t, decide(detected, t, item, force)
+        done = skipped(t) if chosen is None else None  # under Auto the folder, and so the key, is known only now
+        if done:
+            return done
         down.pending = first
         part_size = part_size_for(total)
         if progress:
             progress(Progress(item, 0, total))
         # a generator: the writer reads the next part from the network while earlier parts upload
         return store_model(aws, t, name, item, read_chunks(down, part_size), total, part_size, source=item,
-                           description=description, progress=progress, cancel=cancel, source_etag=strong)
+                           description=description, progress=progress, cancel=cancel, source_etag=strong,
+                           detected=detected)
     finally:
         down.close()
 
 
-def upload_urls(aws: Aws, type_name: str, urls: Union[str, List[str]], description=None,
+def upload_urls(aws: Aws, type_name: Optional[str], urls: Union[str, List[str]], description=None,
                 allow_private: Optional[bool] = None, progress: Optional[ProgressFn] = None,
-                cancel: Optional[threading.Event] = None) -> List[UploadResult]:
-    """Every URL on its own: a refused or failed one does not stop the others."""
-    t = model_type(type_name)
+                cancel: Optional[threading.Event] = None, force: bool = False) -> List[UploadResult]:
+    """Every URL on its own: a refused or failed one does not stop the others. type_name "auto" (or None): each
+    file's header says its type."""
+    t = chosen_type(type_name)
     described = parse_description(description)  # before any download
     if allow_private is None:
         allow_private = bool(aws.settings.allow_private_urls)
@@ -308,10 +332,10 @@ def upload_urls(aws: Aws, type_name: str, urls: Union[str, List[str]], descripti
     for url in split_urls(urls):
         item = redact_url(url)
         if cancel is not None and cancel.is_set():
-            results.append(UploadResult(item=item, type=t.id, status="interrupted", error=f"{item}: not started (stopped)."))
+            results.append(failed(item, t, Interrupted(f"{item}: not started (stopped).")))
             continue
         try:
-            results.append(upload_url(aws, t, url, described, allow_private, progress, cancel))
+            results.append(upload_url(aws, t, url, described, allow_private, progress, cancel, force))
             continue
         except UserError as exc:
             error = exc
