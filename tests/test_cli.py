@@ -71,6 +71,8 @@ def test_upload_reads_the_type_from_the_file_and_refuses_a_mismatch_unless_force
     [result] = json.loads(forced.stdout)
     assert (result["type"], result["key"], result["detected"]) == \
         ("checkpoint", "models/Stable-diffusion/x.safetensors", "a LoRA for SDXL")
+    shown = json.loads(cli(aws_env, "--json", "models", "show", "--type", "lora", "x.safetensors", check_rc=0).stdout)
+    assert (shown["kind"], shown["base"]) == ("lora", "sdxl")  # what the header said, kept in the record
 
 
 def test_bad_usage_exits_2(aws_env):

@@ -384,3 +384,21 @@ def test_sync_all_in_the_tab(tab, aws, tmp_path):
     tab.click("#sagemaker-sync-all")
     assert wait_value(tab, "sagemaker-sync-result", "Uploaded 0 files").endswith("2 already in the cloud (8.0 KB).")
     wait_idle(tab)
+
+
+def test_a_file_in_the_wrong_folder_is_refused_and_the_rest_keep_what_they_are(s3aws, tmp_path):
+    from aws_extension.core.models.catalog import read_record
+    from model_headers import write_safetensors
+
+    root = tmp_path / "webui"
+    (root / "models/Stable-diffusion").mkdir(parents=True)
+    (root / "models/Lora").mkdir(parents=True)
+    write_safetensors(root / "models/Stable-diffusion/style.safetensors", "sdxl-lora")
+    write_safetensors(root / "models/Lora/detail.safetensors", "sd1-lora")
+    items = by_name(run(s3aws, root))
+    wrong = items["style.safetensors"]
+    assert wrong.status == "failed"
+    assert "this file is a LoRA for SDXL, not an SD Checkpoint, though it is in the SD Checkpoint folder" in wrong.error
+    assert keys(s3aws, "models/") == ["models/Lora/detail.safetensors"]  # nothing of the misplaced file
+    record = read_record(s3aws, "models/Lora/detail.safetensors")
+    assert (record.kind, record.base) == ("lora", "sd1")  # what its header said, kept as uploads keep it

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..core.models.catalog import delete_model, list_models, show_model
-from ..core.models.detect import AUTO, AUTO_LABEL
+from ..core.models.detect import AUTO, AUTO_LABEL, KIND_NAMES, describe
 from ..core.models.types import MODEL_TYPES, model_type
 from ..core.models.uploads import upload_paths
 from ..core.models.urls import upload_urls
@@ -135,8 +135,9 @@ def cloud_models(ctx: TabContext) -> None:
         m = found[choice]
         full = show_model(ctx.aws(), m.type, m.name)
         description = json.dumps(full.description, ensure_ascii=False) if full.description else "(none)"
+        kind = f"\nkind: {describe(full.kind, full.base or 'unknown').what}" if full.kind in KIND_NAMES else ""
         return (f"s3://{ctx.aws().bucket}/{full.key}\nsize: {full.size} bytes · uploaded {full.last_modified}\n"
-                f"sha256: {full.sha256 or '(no record)'}\ndescription: {description}")
+                f"sha256: {full.sha256 or '(no record)'}{kind}\ndescription: {description}")
 
     def remove(choice, kind_label):
         if choice == "":

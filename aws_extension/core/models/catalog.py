@@ -55,6 +55,8 @@ class CloudModel(BaseModel):
     sha256: Optional[str] = None
     description: Optional[dict] = None
     source: Optional[str] = None
+    kind: Optional[str] = None  # what its header said at upload (the record's), where it said
+    base: Optional[str] = None
 
 
 def now_iso() -> str:
@@ -251,6 +253,8 @@ def show_model(aws: Aws, type_name: str, name: str) -> CloudModel:
         sha256=record.sha256 if record else None,
         description=record.description if record else None,
         source=record.source if record else None,
+        kind=record.kind if record else None,
+        base=record.base if record else None,
     )
 
 

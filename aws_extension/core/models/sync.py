@@ -26,6 +26,7 @@ from ..aws import Aws, translate
 from ..errors import Interrupted, Refused, UserError
 from ..text import Pace, count_text, size_text
 from .catalog import HASHES, MODELS, read_record, recorded_sha256
+from .detect import article, detect_file
 from .hashcache import HashCache, JsonHashCache, Layered, TitleCache, webui_title
 from .transfer import MiB, Progress, part_size_for, read_chunks
 from .types import MODEL_TYPES, ModelType, check_file_name, has_model_extension, model_type, type_of_key
@@ -346,10 +347,16 @@ def _plan(aws: Aws, models: List[LocalModel], index: CloudIndex) -> Dict[str, Sy
 def _upload(aws: Aws, m: LocalModel, note: str, progress: Callable[[Progress], None],
             cancel: threading.Event) -> SyncItem:
     part_size = part_size_for(m.stat.st_size)
+    detected = detect_file(Path(m.real))  # its header only: the folder says the type, the file may say otherwise
+    if detected.known and detected.kind != m.type.id:
+        return _item(m, "failed", error=(
+            f"{m.item}: this file is {detected.what}, not {article(m.type.label)}, though it is in the "
+            f"{m.type.label} folder: move it to the {model_type(detected.kind).label} folder, or upload it with "
+            f"`models upload --type {m.type.id} --force`; nothing was uploaded."))
     try:
         with open(m.real, "rb") as f:
             sent = store_model(aws, m.type, m.name, m.item, read_chunks(f, part_size), m.stat.st_size, part_size,
-                               source=f"file:{m.real}", progress=progress, cancel=cancel)
+                               source=f"file:{m.real}", progress=progress, cancel=cancel, detected=detected)
     except OSError as exc:
         return _item(m, "failed", error=f"{m.item}: cannot read the file: {exc.strerror or exc}.")
     except UserError as exc:
