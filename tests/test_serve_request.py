@@ -81,7 +81,7 @@ def test_values_are_taken():
     ("restore_faces", body(restore_faces=True)), ("styles", body(styles=["mine"])),
     ("override_settings.sd_vae", body(override_settings={"CLIP_stop_at_last_layers": 2, "sd_vae": "x.pt"})),
     ("CLIP_stop_at_last_layers", body(override_settings={"CLIP_stop_at_last_layers": 0})),
-    ("subseed_strength", body("img2img", init_images=[PNG], subseed_strength=0.5)),
+    ("subseed_strength", body("img2img", init_images=[PNG], subseed_strength=0.5, sampler_name="DDIM")),
     ("scheduler", body(sampler_name="Euler a", scheduler="Karras")),
     ("save_images", body(save_images=True)),
     ("inpainting_fill", body("img2img", init_images=[PNG], inpainting_fill=0)),

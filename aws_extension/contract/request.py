@@ -29,6 +29,8 @@ SCHEDULES = {"Automatic": None, "Karras": "karras", "Exponential": "exponential"
 SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential"}
 # the WebUI's "Random number generator source" choices; NV is drawn on the CPU by serve/rng.py
 RANDN_SOURCES = ("GPU", "CPU", "NV")
+# the samplers whose img2img (without a mask) runs the WebUI's way (serve/ksampling.py)
+WEBUI_IMG2IMG = {"euler", "euler_a", "dpmpp_2m"}
 # samplers that draw noise at every step (the Brownian tree of DPM++ SDE is seeded, not drawn from the source)
 NEEDS_LATER_NOISE = {"euler_a"}
 # the WebUI's timestep samplers take any schedule type and ignore it (its infotext still names the one chosen)
@@ -272,12 +274,15 @@ def parse_request(body: dict) -> GenerationRequest:
         values["denoising_strength"] = _number(p, "denoising_strength", float, 0, 1, 0.75)
         values["mask_blur"] = _number(p, "mask_blur", int, 0, 64, 4)
         values["inpainting_mask_invert"] = _number(p, "inpainting_mask_invert", int, 0, 1, 0)
-        if values["subseed_strength"]:
-            raise BadRequest("subseed_strength", "variation seeds (subseed_strength) are supported for txt2img only")
+        if values["subseed_strength"] and (sampler_id not in WEBUI_IMG2IMG or values["mask"]):
+            raise BadRequest("subseed_strength", "variation seeds (subseed_strength) in img2img are supported with "
+                                                 "Euler, Euler a and DPM++ 2M without a mask only")
     values.update(_override_settings(p.get("override_settings")))
     source = values["randn_source"]
-    if source == "NV" and (sampler_id in NEEDS_LATER_NOISE or task == "img2img"):
-        what = "img2img" if task == "img2img" else f"sampler {sampler_name!r}"
+    webui_img2img = task == "img2img" and sampler_id in WEBUI_IMG2IMG and not values.get("mask")
+    if source == "NV" and (sampler_id in NEEDS_LATER_NOISE or (task == "img2img" and not webui_img2img)):
+        what = f"sampler {sampler_name!r}" if sampler_id in NEEDS_LATER_NOISE else \
+            f"img2img with sampler {sampler_name!r}{' and a mask' if values.get('mask') else ''}"
         raise BadRequest("override_settings.randn_source", f"random number generator source 'NV' is not supported "
                                                            f"with {what} here: choose 'CPU' or 'GPU'")
     return GenerationRequest(**values)

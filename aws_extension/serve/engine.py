@@ -27,7 +27,8 @@ from .checkpoint import load_pipeline, load_vae
 from .compiled import GpuWorker, cache_supported
 from ..contract.infotext import model_hash, network_hash
 from .prompts import Embeddings, encode_prompts, extract_networks
-from ..contract.request import BadRequest, GenerationRequest, resolve_seeds
+from ..contract.request import WEBUI_IMG2IMG, BadRequest, GenerationRequest, resolve_seeds
+from . import ksampling
 from .rng import ImageNoise
 from .schedulers import make_scheduler
 
@@ -322,11 +323,13 @@ class Engine:
                      req.width // m.pipe.vae_scale_factor)
             kwargs.update(width=req.width, height=req.height, latents=noise.first(shape).to(self.device, self.dtype))
         else:
-            kind = "inpaint" if req.mask else "img2img"
-            pipe = self._variant(m, kind)
             inits = [decode_image(req.init_images[j % len(req.init_images)], "init_images").convert("RGB")
                      for j in range(n)]
             inits = [im.resize((req.width, req.height), Image.LANCZOS) for im in inits]
+            if req.sampler_id in WEBUI_IMG2IMG and not req.mask:
+                return self._webui_img2img(m, req, kwargs, inits, noise, seeds, cancel)
+            kind = "inpaint" if req.mask else "img2img"
+            pipe = self._variant(m, kind)
             kwargs.update(image=inits, strength=req.denoising_strength)
             if req.mask:
                 mask = self._mask(req)
@@ -338,6 +341,42 @@ class Engine:
         if req.task == "img2img" and req.mask:  # outside the mask the picture stays the user's, pixel for pixel
             images = [Image.composite(out.convert("RGB"), init, mask) for out, init in zip(images, inits)]
         return images
+
+    def _webui_img2img(self, m: Loaded, req: GenerationRequest, embeds: dict, inits: List[Image.Image],
+                       noise: ImageNoise, seeds: List[int], cancel: threading.Event) -> List[Image.Image]:
+        """img2img as the WebUI runs it with a k-diffusion sampler (ksampling.py): the init images' encoding plus
+        the seeds' first noise at the sigma where the run starts, then the sampler down to zero."""
+        pipe, n = m.pipe, len(inits)
+        vae = pipe.vae
+        prepare_vae(vae, n, req.width, req.height)
+        image = pipe.image_processor.preprocess(inits).to(self.device, vae.dtype)
+        posterior = vae.encode(image).latent_dist
+        # the encoding's own noise: the WebUI draws it from torch's global generator, whose state an infotext does
+        # not carry; here each image's seed fixes it (the spread is small beside the sampler's noise)
+        draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(s))
+                             for s in seeds]).to(posterior.mean.device, posterior.mean.dtype)
+        start = ((posterior.mean + posterior.std * draws) * vae.config.scaling_factor).float()
+        alphas = make_scheduler(m.scheduler_config, "euler", "default").alphas_cumprod
+        sigmas = ksampling.img2img_sigmas(alphas, req.steps, req.denoising_strength, req.schedule).to(self.device)
+        x = start + noise.first(start.shape[1:]).to(self.device, torch.float32) * sigmas[0]
+        context = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
+        added = None
+        if "pooled_prompt_embeds" in embeds:  # SDXL: the pooled text and the size, as the WebUI conditions it
+            size = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=context.dtype,
+                                device=context.device).repeat(2 * n, 1)
+            added = {"text_embeds": torch.cat([embeds["negative_pooled_prompt_embeds"],
+                                               embeds["pooled_prompt_embeds"]]), "time_ids": size}
+        v = m.scheduler_config.get("prediction_type") == "v_prediction"
+        denoise = ksampling.Denoiser(pipe.unet, alphas, {"context": context}, req.cfg_scale, v, added)
+
+        def step(i: int) -> None:
+            if cancel.is_set():
+                raise Interrupted("The generation was stopped because the server is shutting down.")
+
+        with m.compiled.denoising() if m.compiled else nullcontext():
+            x = ksampling.sample(req.sampler_id, denoise, x, sigmas, noise.generators, on_step=step)
+        decoded = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
+        return pipe.image_processor.postprocess(decoded, output_type="pil")
 
     def _variant(self, m: Loaded, kind: str):
         if kind not in m.variants:

@@ -107,11 +107,13 @@ def test_rng_source_is_honoured_named_in_the_infotext_and_refused_where_it_canno
 
 # -- k-diffusion's samplers, written out -----------------------------------------------------------------------------
 def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, size: int, steps: int, cfg: float,
-             seed: int, karras: bool = False, step_noise_from_seed: bool = True) -> torch.Tensor:
+             seed: int, karras: bool = False, step_noise_from_seed: bool = True, init: torch.Tensor = None,
+             strength: float = 1.0) -> torch.Tensor:
     """The WebUI's Euler, Euler a and DPM++ 2M (k-diffusion's sample_euler, sample_euler_ancestral and
     sample_dpmpp_2m over a CompVis eps-model), from their published algorithms. Sigmas: evenly spaced timesteps
     999..0 interpolated in log sigma, or Karras et al.'s (rho 7) between the model's smallest and largest sigma;
-    then 0. Euler a's step noise is drawn from the seed's own generator after the starting noise."""
+    then 0. Euler a's step noise is drawn from the seed's own generator after the starting noise. img2img (init,
+    a clean latent): the WebUI's int(strength x steps) + 1 last steps, from init plus the seed's noise there."""
     log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log()
     if karras:
         ramp = torch.linspace(0, 1, steps)
@@ -126,7 +128,7 @@ def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, siz
 
     def timestep(sigma):  # the inverse: sigma -> fractional timestep, interpolating log sigma
         dists = sigma.log() - log_sigmas
-        i = int((dists >= 0).nonzero().max().clamp(max=len(log_sigmas) - 2))
+        i = int((dists >= 0).cumsum(0).argmax().clamp(max=len(log_sigmas) - 2))  # 0 when below the smallest
         w = (log_sigmas[i] - sigma.log()) / (log_sigmas[i] - log_sigmas[i + 1])
         return (i + w.clamp(0, 1)).reshape(1)
 
@@ -136,9 +138,14 @@ def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, siz
         eps_uncond, eps_cond = unet(scaled, timestep(sigma).expand(2), encoder_hidden_states=cond).sample.chunk(2)
         return x - (eps_uncond + cfg * (eps_cond - eps_uncond)) * sigma
 
+    if init is not None:
+        t_enc = int(min(strength, 0.999) * steps)
+        sigmas = sigmas[steps - t_enc - 1:]
     generator = torch.Generator().manual_seed(seed)
     shape = (unet.config.in_channels, size, size)
     x = torch.randn(shape, generator=generator)[None] * sigmas[0]
+    if init is not None:
+        x = init + x
     if not step_noise_from_seed:
         generator = torch.Generator().manual_seed(seed)  # what a sampler given a fresh generator would draw
     previous = None
@@ -250,3 +257,55 @@ def test_emphasis_weighs_tokens_and_restores_the_mean_as_the_webui(engine, cloud
     assert ours.shape == expected.shape == (1, 77, z.shape[-1])
     assert torch.allclose(ours, expected, atol=1e-5)
     assert not torch.allclose(weighted, expected, atol=1e-3)  # the rescale is not a no-op with these models
+
+
+def init_png() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], -1)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+@pytest.mark.parametrize("sampler_name, reference", [("Euler a", "euler_a"), ("Euler", "euler"),
+                                                      ("DPM++ 2M", "dpmpp_2m")])
+def test_img2img_runs_the_webuis_steps_from_the_webuis_start(engine, cloud, sampler_name, reference):
+    """int(0.6 x 8) + 1 = 5 steps from the 5th-last sigma of the 8-step schedule, starting at the encoding plus the
+    seed's first noise there (the WebUI's img2img), against the sampler written out above."""
+    payload = {"prompt": "a cat", "steps": 8, "width": 64, "height": 64, "cfg_scale": 5.0, "seed": 77,
+               "sampler_name": sampler_name, "denoising_strength": 0.6, "init_images": [init_png()]}
+    req = parse_request({"task": "img2img", "payload": payload, "models": {"checkpoint": cloud["tiny-sd1"]}})
+    ours = np.asarray(engine.generate(req).images[0].convert("RGB"))
+    pipe = engine.loaded.pipe
+    with torch.inference_mode():
+        image = pipe.image_processor.preprocess(engine_init(req)).to(pipe.vae.dtype)
+        posterior = pipe.vae.encode(image).latent_dist
+        draw = torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(77))[None]
+        init = (posterior.mean + posterior.std * draw) * pipe.vae.config.scaling_factor
+        embeds = encode_prompts(pipe, "a cat", "")
+        x = k_sample(reference, pipe.unet, embeds, pipe.scheduler.alphas_cumprod, 64 // pipe.vae_scale_factor, 8,
+                     5.0, 77, karras=reference == "dpmpp_2m", init=init, strength=0.6)
+        decoded = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+    theirs = np.asarray(pipe.image_processor.postprocess(decoded, output_type="pil")[0])
+    print(f"img2img {sampler_name} vs the WebUI's algorithm: {psnr(ours, theirs):.1f} dB")
+    assert psnr(ours, theirs) >= SAME_PICTURE_DB, psnr(ours, theirs)
+
+
+def engine_init(req):
+    from aws_extension.serve.engine import decode_image
+
+    return [decode_image(req.init_images[0], "init_images").convert("RGB").resize((req.width, req.height))]
+
+
+def test_sdxl_img2img_runs_the_webuis_way_with_its_size_conditioning(engine, cloud):
+    payload = {"prompt": "a cat", "negative_prompt": "blurry", "steps": 4, "width": 64, "height": 64,
+               "cfg_scale": 5.0, "seed": 5, "sampler_name": "DPM++ 2M", "denoising_strength": 0.5,
+               "init_images": [init_png()], "subseed": 9, "subseed_strength": 0.3}
+    req = parse_request({"task": "img2img", "payload": payload, "models": {"checkpoint": cloud["tiny-sdxl"]}})
+    first, again = engine.generate(req).images[0], engine.generate(req).images[0]
+    assert first.size == (64, 64) and np.array_equal(np.asarray(first), np.asarray(again))  # same request, same image

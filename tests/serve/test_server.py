@@ -126,13 +126,14 @@ def mask_array(mask):
 
 def test_img2img_strength_decides_how_far_it_moves(server, cloud):
     init = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    moved = []
-    for strength in (0.3, 1.0):
+    out = []
+    for strength in (0.05, 0.3, 1.0):
         status, body = server.invoke("img2img", {**SMALL, "steps": 10, "seed": 2, "init_images": [png(init)],
                                                  "denoising_strength": strength}, sd1(cloud))
         assert status == 200, body
-        moved.append(np.abs(pixels(pictures(body)[0]) - pixels(init)).mean())
-    assert moved[0] < moved[1]
+        out.append(pixels(pictures(body)[0]))
+    # measured from the least-changed picture: the tiny random VAE alone moves far from any init image
+    assert np.abs(out[1] - out[0]).mean() < np.abs(out[2] - out[0]).mean()
 
 
 def test_lora_in_the_prompt_changes_the_picture_and_goes_away_after(server, cloud):

@@ -1,0 +1,111 @@
+"""img2img the WebUI's way, for its k-diffusion samplers (Euler, Euler a, DPM++ 2M), written from the published
+algorithms (k-diffusion: Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models";
+DPM-Solver++, Lu et al. 2022) and the WebUI's img2img rules:
+
+- the schedule of the full step count (evenly spaced timesteps 999..0 interpolated in log sigma for "Automatic",
+  or Karras's / exponential spacing between the model's smallest and largest sigma), then zero;
+- int(strength x steps) = t_enc, and the run starts t_enc + 1 steps before the end, at that step's sigma;
+- the starting latent is the init image's encoding plus the seed's first noise times that sigma, and an ancestral
+  sampler's later noise continues from the seed's generator.
+
+The model is the WebUI's CompVis denoiser: input scaled by 1/sqrt(sigma^2 + 1), the timestep found back from sigma
+by interpolating log sigma, and classifier-free guidance on a batch of [uncond, cond].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional
+
+import torch
+
+RHO = 7.0  # Karras et al.'s schedule exponent
+
+
+def log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log().float()
+
+
+def schedule(alphas_cumprod: torch.Tensor, steps: int, kind: str = "default") -> torch.Tensor:
+    """steps sigmas from the largest down, then 0 (steps + 1 values)."""
+    logs = log_sigmas(alphas_cumprod)
+    high, low = float(logs.max().exp()), float(logs.min().exp())
+    if kind == "karras":
+        ramp = torch.linspace(0, 1, steps)
+        sigmas = (high ** (1 / RHO) + ramp * (low ** (1 / RHO) - high ** (1 / RHO))) ** RHO
+    elif kind == "exponential":
+        sigmas = torch.linspace(math.log(high), math.log(low), steps).exp()
+    else:
+        t = torch.linspace(len(logs) - 1, 0, steps)
+        below = t.floor().long()
+        above = (below + 1).clamp(max=len(logs) - 1)
+        frac = t - below
+        sigmas = ((1 - frac) * logs[below] + frac * logs[above]).exp()
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def img2img_sigmas(alphas_cumprod: torch.Tensor, steps: int, strength: float, kind: str) -> torch.Tensor:
+    """The tail of the full schedule an img2img run takes: t_enc + 1 steps, t_enc = int(min(strength, 0.999) x steps)."""
+    t_enc = int(min(strength, 0.999) * steps)
+    return schedule(alphas_cumprod, steps, kind)[steps - t_enc - 1:]
+
+
+class Denoiser:
+    """sigma -> the model's estimate of the clean latent, with classifier-free guidance."""
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor, cond: dict, cfg: float, v_prediction: bool = False,
+                 added: Optional[dict] = None):
+        self.unet, self.cfg, self.v = unet, cfg, v_prediction
+        self.logs = log_sigmas(alphas_cumprod).to(cond["context"].device)
+        self.cond, self.added = cond, added
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        log = sigma.log()
+        at_or_below = ((log - self.logs) >= 0).nonzero()  # none: below the smallest sigma, by rounding
+        i = min(int(at_or_below.max()) if len(at_or_below) else 0, len(self.logs) - 2)
+        w = ((self.logs[i] - log) / (self.logs[i] - self.logs[i + 1])).clamp(0, 1)
+        return (i + w).reshape(1)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        c_in = 1 / (sigma ** 2 + 1) ** 0.5
+        scaled = torch.cat([x, x]) * c_in
+        t = self.timestep(sigma).expand(2 * n).to(x.device)
+        kwargs = {"added_cond_kwargs": self.added} if self.added else {}
+        out = self.unet(scaled.to(self.cond["context"].dtype), t, encoder_hidden_states=self.cond["context"],
+                        **kwargs).sample.float()
+        uncond, cond = out.chunk(2)
+        guided = uncond + self.cfg * (cond - uncond)
+        if self.v:  # a v-prediction model: the clean latent from x and v
+            return x * (1 / (sigma ** 2 + 1)) - guided * (sigma / (sigma ** 2 + 1) ** 0.5)
+        return x - guided * sigma
+
+
+def sample(kind: str, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+           generators: Optional[List[torch.Generator]] = None, on_step: Callable[[int], None] = lambda i: None):
+    """Run a k-diffusion sampler from x at sigmas[0] down to sigmas[-1]."""
+    previous = None
+    for i in range(len(sigmas) - 1):
+        on_step(i)
+        sigma, after = sigmas[i], sigmas[i + 1]
+        d = denoise(x, sigma)
+        if kind == "dpmpp_2m":
+            if after == 0:
+                x = d
+            else:
+                h = sigma.log() - after.log()
+                mixed = d
+                if previous is not None:
+                    r = (sigmas[i - 1].log() - sigma.log()) / h
+                    mixed = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * previous
+                x = (after / sigma) * x - torch.expm1(-h) * mixed
+            previous = d
+            continue
+        up = torch.zeros(()) if kind == "euler" else \
+            torch.minimum(after, (after ** 2 * (sigma ** 2 - after ** 2) / sigma ** 2) ** 0.5)
+        down = (after ** 2 - up ** 2) ** 0.5
+        x = x + (x - d) / sigma * (down - sigma)
+        if kind == "euler_a" and after > 0:
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generators])
+            x = x + noise.to(x.device) * up
+    return x
