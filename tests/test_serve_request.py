@@ -82,7 +82,7 @@ def test_values_are_taken():
     ("override_settings.sd_vae", body(override_settings={"CLIP_stop_at_last_layers": 2, "sd_vae": "x.pt"})),
     ("CLIP_stop_at_last_layers", body(override_settings={"CLIP_stop_at_last_layers": 0})),
     ("subseed_strength", body("img2img", init_images=[PNG], subseed_strength=0.5, sampler_name="DDIM")),
-    ("scheduler", body(sampler_name="Euler a", scheduler="Karras")),
+    ("scheduler", body(sampler_name="Euler a", scheduler="Uniform")),
     ("save_images", body(save_images=True)),
     ("inpainting_fill", body("img2img", init_images=[PNG], inpainting_fill=0)),
     ("inpaint_full_res", body("img2img", init_images=[PNG], inpaint_full_res=True)),
@@ -112,6 +112,7 @@ def test_refusal_messages_say_what_is_missing():
     ("UniPC", "Automatic", ("unipc", "default")),
     ("DDIM", "Karras", ("ddim", "default")),  # the WebUI's timestep samplers take any schedule and ignore it
     ("UniPC", "Exponential", ("unipc", "default")),
+    ("Euler a", "Karras", ("euler_a", "karras")),  # sampled the WebUI's way (serve/ksampling.py)
     (None, None, ("euler", "default")),
 ])
 def test_sampler_mapping(name, scheduler, expected):

@@ -29,14 +29,12 @@ SCHEDULES = {"Automatic": None, "Karras": "karras", "Exponential": "exponential"
 SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential"}
 # the WebUI's "Random number generator source" choices; NV is drawn on the CPU by serve/rng.py
 RANDN_SOURCES = ("GPU", "CPU", "NV")
-# the samplers whose img2img (without a mask) runs the WebUI's way (serve/ksampling.py)
+# the samplers whose img2img (without a mask) runs the WebUI's way (serve/ksampling.py), as does Euler a with Karras
+# or Exponential, or with NV noise
 WEBUI_IMG2IMG = {"euler", "euler_a", "dpmpp_2m"}
-# samplers that draw noise at every step (the Brownian tree of DPM++ SDE is seeded, not drawn from the source)
-NEEDS_LATER_NOISE = {"euler_a"}
+
 # the WebUI's timestep samplers take any schedule type and ignore it (its infotext still names the one chosen)
 IGNORE_SCHEDULE = {"ddim", "unipc"}
-# diffusers' Euler a has no other schedule: refused rather than drawn differently
-NO_SCHEDULE = {"euler_a"}
 
 # Known WebUI options the endpoint does not do: accepted only at their WebUI default values.
 UNSUPPORTED: Dict[str, Tuple[tuple, str]] = {
@@ -149,8 +147,6 @@ def _resolve(sampler_name: Optional[str], scheduler: Optional[str]) -> Tuple[str
     schedule = SCHEDULES[label] or automatic
     if sampler_id in IGNORE_SCHEDULE:
         return sampler_id, "default", name, label
-    if sampler_id in NO_SCHEDULE and schedule != "default":
-        raise BadRequest("scheduler", f"scheduler {label!r} is not supported with sampler {name!r} here")
     return sampler_id, schedule, name, SCHEDULE_LABELS[schedule]
 
 
@@ -279,10 +275,8 @@ def parse_request(body: dict) -> GenerationRequest:
                                                  "Euler, Euler a and DPM++ 2M without a mask only")
     values.update(_override_settings(p.get("override_settings")))
     source = values["randn_source"]
-    webui_img2img = task == "img2img" and sampler_id in WEBUI_IMG2IMG and not values.get("mask")
-    if source == "NV" and (sampler_id in NEEDS_LATER_NOISE or (task == "img2img" and not webui_img2img)):
-        what = f"sampler {sampler_name!r}" if sampler_id in NEEDS_LATER_NOISE else \
-            f"img2img with sampler {sampler_name!r}{' and a mask' if values.get('mask') else ''}"
+    if source == "NV" and task == "img2img" and (sampler_id not in WEBUI_IMG2IMG or values.get("mask")):
+        what = f"img2img with sampler {sampler_name!r}{' and a mask' if values.get('mask') else ''}"
         raise BadRequest("override_settings.randn_source", f"random number generator source 'NV' is not supported "
                                                            f"with {what} here: choose 'CPU' or 'GPU'")
     return GenerationRequest(**values)

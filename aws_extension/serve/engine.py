@@ -318,16 +318,15 @@ class Engine:
         kwargs.update(num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
                       callback_on_step_end=check, output_type="pil")
         pipe = m.pipe
+        if needs_k_sampling(req):
+            inits = self._inits(req, n) if req.task == "img2img" else None
+            return self._k_run(m, req, kwargs, inits, noise, seeds, cancel)
         if req.task == "txt2img":
             shape = (m.pipe.unet.config.in_channels, req.height // m.pipe.vae_scale_factor,
                      req.width // m.pipe.vae_scale_factor)
             kwargs.update(width=req.width, height=req.height, latents=noise.first(shape).to(self.device, self.dtype))
         else:
-            inits = [decode_image(req.init_images[j % len(req.init_images)], "init_images").convert("RGB")
-                     for j in range(n)]
-            inits = [im.resize((req.width, req.height), Image.LANCZOS) for im in inits]
-            if req.sampler_id in WEBUI_IMG2IMG and not req.mask:
-                return self._webui_img2img(m, req, kwargs, inits, noise, seeds, cancel)
+            inits = self._inits(req, n)
             kind = "inpaint" if req.mask else "img2img"
             pipe = self._variant(m, kind)
             kwargs.update(image=inits, strength=req.denoising_strength)
@@ -342,23 +341,33 @@ class Engine:
             images = [Image.composite(out.convert("RGB"), init, mask) for out, init in zip(images, inits)]
         return images
 
-    def _webui_img2img(self, m: Loaded, req: GenerationRequest, embeds: dict, inits: List[Image.Image],
-                       noise: ImageNoise, seeds: List[int], cancel: threading.Event) -> List[Image.Image]:
-        """img2img as the WebUI runs it with a k-diffusion sampler (ksampling.py): the init images' encoding plus
-        the seeds' first noise at the sigma where the run starts, then the sampler down to zero."""
-        pipe, n = m.pipe, len(inits)
+    @staticmethod
+    def _inits(req: GenerationRequest, n: int) -> List[Image.Image]:
+        inits = [decode_image(req.init_images[j % len(req.init_images)], "init_images").convert("RGB") for j in range(n)]
+        return [im.resize((req.width, req.height), Image.LANCZOS) for im in inits]
+
+    def _k_run(self, m: Loaded, req: GenerationRequest, embeds: dict, inits: Optional[List[Image.Image]],
+               noise: ImageNoise, seeds: List[int], cancel: threading.Event) -> List[Image.Image]:
+        """The WebUI's own sampling (ksampling.py): txt2img from the seeds' noise at the first sigma; img2img from
+        the init images' encoding plus that noise at the sigma where the run starts; then the sampler to zero."""
+        pipe, n = m.pipe, len(seeds)
         vae = pipe.vae
         prepare_vae(vae, n, req.width, req.height)
-        image = pipe.image_processor.preprocess(inits).to(self.device, vae.dtype)
-        posterior = vae.encode(image).latent_dist
-        # the encoding's own noise: the WebUI draws it from torch's global generator, whose state an infotext does
-        # not carry; here each image's seed fixes it (the spread is small beside the sampler's noise)
-        draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(s))
-                             for s in seeds]).to(posterior.mean.device, posterior.mean.dtype)
-        start = ((posterior.mean + posterior.std * draws) * vae.config.scaling_factor).float()
+        shape = (pipe.unet.config.in_channels, req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor)
+        start = torch.zeros((n, *shape), device=self.device)
+        if inits is not None:
+            image = pipe.image_processor.preprocess(inits).to(self.device, vae.dtype)
+            posterior = vae.encode(image).latent_dist
+            # the encoding's own noise: the WebUI draws it from torch's global generator, whose state an infotext
+            # does not carry; here each image's seed fixes it (the spread is small beside the sampler's noise)
+            draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(s))
+                                 for s in seeds]).to(posterior.mean.device, posterior.mean.dtype)
+            start = ((posterior.mean + posterior.std * draws) * vae.config.scaling_factor).float()
         alphas = make_scheduler(m.scheduler_config, "euler", "default").alphas_cumprod
-        sigmas = ksampling.img2img_sigmas(alphas, req.steps, req.denoising_strength, req.schedule).to(self.device)
-        x = start + noise.first(start.shape[1:]).to(self.device, torch.float32) * sigmas[0]
+        sigmas = ksampling.schedule(alphas, req.steps, req.schedule) if inits is None else \
+            ksampling.img2img_sigmas(alphas, req.steps, req.denoising_strength, req.schedule)
+        sigmas = sigmas.to(self.device)
+        x = start + noise.first(shape).to(self.device, torch.float32) * sigmas[0]
         context = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
         added = None
         if "pooled_prompt_embeds" in embeds:  # SDXL: the pooled text and the size, as the WebUI conditions it
@@ -374,7 +383,7 @@ class Engine:
                 raise Interrupted("The generation was stopped because the server is shutting down.")
 
         with m.compiled.denoising() if m.compiled else nullcontext():
-            x = ksampling.sample(req.sampler_id, denoise, x, sigmas, noise.generators, on_step=step)
+            x = ksampling.sample(req.sampler_id, denoise, x, sigmas, lambda: noise.next(shape), on_step=step)
         decoded = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
         return pipe.image_processor.postprocess(decoded, output_type="pil")
 
@@ -404,6 +413,14 @@ class Engine:
         if req.mask_blur:
             mask = mask.filter(ImageFilter.GaussianBlur(req.mask_blur))
         return mask
+
+
+def needs_k_sampling(req: GenerationRequest) -> bool:
+    """Where diffusers' sampling is not the WebUI's: img2img (without a mask) with its k-diffusion samplers, and
+    Euler a with a schedule diffusers' Euler a lacks or with NV noise at every step."""
+    if req.task == "img2img":
+        return req.sampler_id in WEBUI_IMG2IMG and not req.mask
+    return req.sampler_id == "euler_a" and (req.schedule != "default" or req.randn_source == "NV")
 
 
 def prepare_vae(vae, images: int, width: int, height: int) -> None:

@@ -1,12 +1,14 @@
-"""img2img the WebUI's way, for its k-diffusion samplers (Euler, Euler a, DPM++ 2M), written from the published
-algorithms (k-diffusion: Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models";
-DPM-Solver++, Lu et al. 2022) and the WebUI's img2img rules:
+"""The WebUI's k-diffusion samplers (Euler, Euler a, DPM++ 2M) where diffusers' cannot do what the WebUI does
+(img2img; Euler a with another schedule or with NV noise), written from the published algorithms (k-diffusion:
+Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models"; DPM-Solver++, Lu et al.
+2022) and the WebUI's rules:
 
-- the schedule of the full step count (evenly spaced timesteps 999..0 interpolated in log sigma for "Automatic",
-  or Karras's / exponential spacing between the model's smallest and largest sigma), then zero;
-- int(strength x steps) = t_enc, and the run starts t_enc + 1 steps before the end, at that step's sigma;
-- the starting latent is the init image's encoding plus the seed's first noise times that sigma, and an ancestral
-  sampler's later noise continues from the seed's generator.
+- the schedule: evenly spaced timesteps 999..0 interpolated in log sigma ("Automatic"), or Karras's / exponential
+  spacing between the model's smallest and largest sigma; then zero;
+- txt2img starts from the seed's noise times the first sigma;
+- img2img runs the last int(strength x steps) + 1 steps of that schedule, from the init image's encoding plus the
+  seed's first noise times the sigma there;
+- an ancestral sampler's step noise continues from each image's own generator.
 
 The model is the WebUI's CompVis denoiser: input scaled by 1/sqrt(sigma^2 + 1), the timestep found back from sigma
 by interpolating log sigma, and classifier-free guidance on a batch of [uncond, cond].
@@ -15,7 +17,7 @@ by interpolating log sigma, and classifier-free guidance on a batch of [uncond, 
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -82,8 +84,9 @@ class Denoiser:
 
 
 def sample(kind: str, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor,
-           generators: Optional[List[torch.Generator]] = None, on_step: Callable[[int], None] = lambda i: None):
-    """Run a k-diffusion sampler from x at sigmas[0] down to sigmas[-1]."""
+           next_noise: Optional[Callable[[], torch.Tensor]] = None, on_step: Callable[[int], None] = lambda i: None):
+    """Run a k-diffusion sampler from x at sigmas[0] down to sigmas[-1]; next_noise() gives an ancestral step's
+    noise, one draw per image from each image's own generator."""
     previous = None
     for i in range(len(sigmas) - 1):
         on_step(i)
@@ -106,6 +109,5 @@ def sample(kind: str, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor,
         down = (after ** 2 - up ** 2) ** 0.5
         x = x + (x - d) / sigma * (down - sigma)
         if kind == "euler_a" and after > 0:
-            noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generators])
-            x = x + noise.to(x.device) * up
+            x = x + next_noise().to(x.device) * up
     return x

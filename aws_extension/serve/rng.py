@@ -114,6 +114,10 @@ class ImageNoise:
             noises.append(noise)
         return torch.stack(noises)
 
+    def next(self, shape: Sequence[int]) -> torch.Tensor:
+        """Each image's next draw from its own generator (a sampler's step noise), NV included."""
+        return torch.stack([self._draw(g, shape).cpu() for g in self._own])
+
     @property
     def generators(self) -> Optional[List[torch.Generator]]:
         return None if self.source == "NV" else self._own

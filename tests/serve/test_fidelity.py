@@ -99,8 +99,9 @@ def test_rng_source_is_honoured_named_in_the_infotext_and_refused_where_it_canno
         assert fields["Version"].startswith("v1.10.1-")
     assert np.array_equal(pictures["GPU"], pictures["CPU"])  # no GPU here: the WebUI too draws on the CPU
     assert np.abs(pictures["NV"] - pictures["CPU"]).mean() > 5  # another noise, another picture
-    with pytest.raises(BadRequest, match="'NV' is not supported with sampler 'Euler a'"):
-        request(cloud, override_settings={"randn_source": "NV"})
+    with pytest.raises(BadRequest, match="'NV' is not supported with img2img with sampler 'DDIM'"):
+        parse_request({"task": "img2img", "models": {"checkpoint": cloud["tiny-sd1"]}, "payload": {
+            "sampler_name": "DDIM", "init_images": [init_png()], "override_settings": {"randn_source": "NV"}}})
     with pytest.raises(BadRequest, match="randn_source must be one of GPU, CPU, NV"):
         request(cloud, override_settings={"randn_source": "AMD"})
 
@@ -108,7 +109,7 @@ def test_rng_source_is_honoured_named_in_the_infotext_and_refused_where_it_canno
 # -- k-diffusion's samplers, written out -----------------------------------------------------------------------------
 def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, size: int, steps: int, cfg: float,
              seed: int, karras: bool = False, step_noise_from_seed: bool = True, init: torch.Tensor = None,
-             strength: float = 1.0) -> torch.Tensor:
+             strength: float = 1.0, nv: bool = False) -> torch.Tensor:
     """The WebUI's Euler, Euler a and DPM++ 2M (k-diffusion's sample_euler, sample_euler_ancestral and
     sample_dpmpp_2m over a CompVis eps-model), from their published algorithms. Sigmas: evenly spaced timesteps
     999..0 interpolated in log sigma, or Karras et al.'s (rho 7) between the model's smallest and largest sigma;
@@ -141,13 +142,19 @@ def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, siz
     if init is not None:
         t_enc = int(min(strength, 0.999) * steps)
         sigmas = sigmas[steps - t_enc - 1:]
-    generator = torch.Generator().manual_seed(seed)
+    def generator_of(seed):  # NV: NVIDIA's generator, as the WebUI emulates it on the CPU
+        if nv:
+            return PhiloxNormal(seed).randn
+        g = torch.Generator().manual_seed(seed)
+        return lambda shape: torch.randn(shape, generator=g)
+
+    draw = generator_of(seed)
     shape = (unet.config.in_channels, size, size)
-    x = torch.randn(shape, generator=generator)[None] * sigmas[0]
+    x = draw(shape)[None] * sigmas[0]
     if init is not None:
         x = init + x
     if not step_noise_from_seed:
-        generator = torch.Generator().manual_seed(seed)  # what a sampler given a fresh generator would draw
+        draw = generator_of(seed)  # what a sampler given a fresh generator would draw
     previous = None
     for i, (sigma, after) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = denoised(x, sigma)
@@ -169,7 +176,7 @@ def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, siz
             down = (after ** 2 - up ** 2) ** 0.5
             x = x + (x - d) / sigma * (down - sigma)
             if after > 0 and sampler == "euler_a":
-                x = x + torch.randn(shape, generator=generator)[None] * up
+                x = x + draw(shape)[None] * up
     return x
 
 
@@ -179,6 +186,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reference_picture(pipe, req, sampler: str, karras: bool = False, **kwargs) -> np.ndarray:
+    """The picture of the written-out sampler, decoded as the pipeline decodes."""
     with torch.inference_mode():
         embeds = encode_prompts(pipe, req.prompt, req.negative_prompt)
         x = k_sample(sampler, pipe.unet, embeds, pipe.scheduler.alphas_cumprod, req.width // pipe.vae_scale_factor,
@@ -196,16 +204,18 @@ def engine(cloud, tmp_path_factory):
 # (the WebUI's sampler and schedule type, the reference's sampler, Karras sigmas)
 MATRIX = [("Euler a", "Automatic", "euler_a", False), ("Euler", "Automatic", "euler", False),
           ("Euler", "Karras", "euler", True), ("DPM++ 2M", "Automatic", "dpmpp_2m", True),
-          ("DPM++ 2M", "Karras", "dpmpp_2m", True)]
+          ("DPM++ 2M", "Karras", "dpmpp_2m", True), ("Euler a", "Karras", "euler_a", True)]
 
 
+@pytest.mark.parametrize("source", ["CPU", "NV"])
 @pytest.mark.parametrize("sampler_name, scheduler, reference, karras", MATRIX)
 def test_our_samplers_give_the_picture_of_k_diffusions_algorithms(engine, cloud, sampler_name, scheduler, reference,
-                                                                   karras):
-    req = request(cloud, sampler_name=sampler_name, scheduler=scheduler, negative_prompt="blurry")
+                                                                   karras, source):
+    req = request(cloud, sampler_name=sampler_name, scheduler=scheduler, negative_prompt="blurry",
+                  override_settings={"randn_source": source})
     ours = np.asarray(engine.generate(req).images[0].convert("RGB"))
-    theirs = reference_picture(engine.loaded.pipe, req, reference, karras)
-    print(f"{sampler_name} {scheduler} vs k-diffusion: {psnr(ours, theirs):.1f} dB")
+    theirs = reference_picture(engine.loaded.pipe, req, reference, karras, nv=source == "NV")
+    print(f"{sampler_name} {scheduler} {source} vs k-diffusion: {psnr(ours, theirs):.1f} dB")
     assert psnr(ours, theirs) >= SAME_PICTURE_DB, psnr(ours, theirs)
 
 
