@@ -348,44 +348,15 @@ class Engine:
 
     def _k_run(self, m: Loaded, req: GenerationRequest, embeds: dict, inits: Optional[List[Image.Image]],
                noise: ImageNoise, seeds: List[int], cancel: threading.Event) -> List[Image.Image]:
-        """The WebUI's own sampling (ksampling.py): txt2img from the seeds' noise at the first sigma; img2img from
-        the init images' encoding plus that noise at the sigma where the run starts; then the sampler to zero."""
-        pipe, n = m.pipe, len(seeds)
-        vae = pipe.vae
-        prepare_vae(vae, n, req.width, req.height)
-        shape = (pipe.unet.config.in_channels, req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor)
-        start = torch.zeros((n, *shape), device=self.device)
-        if inits is not None:
-            image = pipe.image_processor.preprocess(inits).to(self.device, vae.dtype)
-            posterior = vae.encode(image).latent_dist
-            # the encoding's own noise: the WebUI draws it from torch's global generator, whose state an infotext
-            # does not carry; here each image's seed fixes it (the spread is small beside the sampler's noise)
-            draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(s))
-                                 for s in seeds]).to(posterior.mean.device, posterior.mean.dtype)
-            start = ((posterior.mean + posterior.std * draws) * vae.config.scaling_factor).float()
-        alphas = make_scheduler(m.scheduler_config, "euler", "default").alphas_cumprod
-        sigmas = ksampling.schedule(alphas, req.steps, req.schedule) if inits is None else \
-            ksampling.img2img_sigmas(alphas, req.steps, req.denoising_strength, req.schedule)
-        sigmas = sigmas.to(self.device)
-        x = start + noise.first(shape).to(self.device, torch.float32) * sigmas[0]
-        context = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
-        added = None
-        if "pooled_prompt_embeds" in embeds:  # SDXL: the pooled text and the size, as the WebUI conditions it
-            size = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=context.dtype,
-                                device=context.device).repeat(2 * n, 1)
-            added = {"text_embeds": torch.cat([embeds["negative_pooled_prompt_embeds"],
-                                               embeds["pooled_prompt_embeds"]]), "time_ids": size}
-        v = m.scheduler_config.get("prediction_type") == "v_prediction"
-        denoise = ksampling.Denoiser(pipe.unet, alphas, {"context": context}, req.cfg_scale, v, added)
-
         def step(i: int) -> None:
             if cancel.is_set():
                 raise Interrupted("The generation was stopped because the server is shutting down.")
 
+        prepare_vae(m.pipe.vae, len(seeds), req.width, req.height)
+        alphas = make_scheduler(m.scheduler_config, "euler", "default").alphas_cumprod
+        v = m.scheduler_config.get("prediction_type") == "v_prediction"
         with m.compiled.denoising() if m.compiled else nullcontext():
-            x = ksampling.sample(req.sampler_id, denoise, x, sigmas, lambda: noise.next(shape), on_step=step)
-        decoded = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
-        return pipe.image_processor.postprocess(decoded, output_type="pil")
+            return ksampling.generate(m.pipe, req, embeds, inits, noise, seeds, alphas, v, self.device, step)
 
     def _variant(self, m: Loaded, kind: str):
         if kind not in m.variants:

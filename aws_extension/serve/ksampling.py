@@ -17,7 +17,7 @@ by interpolating log sigma, and classifier-free guidance on a batch of [uncond, 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -111,3 +111,34 @@ def sample(kind: str, denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor,
         if kind == "euler_a" and after > 0:
             x = x + next_noise().to(x.device) * up
     return x
+
+
+def generate(pipe, req, embeds: dict, inits: Optional[list], noise, seeds: List[int], alphas_cumprod: torch.Tensor,
+             v_prediction: bool, device: str, on_step: Callable[[int], None]) -> list:
+    """Pictures the WebUI's way: txt2img from the seeds' noise at the first sigma; img2img (inits: PIL images) from
+    their encoding plus that noise at the sigma where the run starts; then the sampler to zero, and the VAE."""
+    vae, n = pipe.vae, len(seeds)
+    shape = (pipe.unet.config.in_channels, req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor)
+    start = torch.zeros((n, *shape), device=device)
+    if inits is not None:
+        posterior = vae.encode(pipe.image_processor.preprocess(inits).to(device, vae.dtype)).latent_dist
+        # the encoding's own noise: the WebUI draws it from torch's global generator, whose state an infotext does
+        # not carry; here each image's seed fixes it (the spread is small beside the sampler's noise)
+        draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(s))
+                             for s in seeds]).to(posterior.mean.device, posterior.mean.dtype)
+        start = ((posterior.mean + posterior.std * draws) * vae.config.scaling_factor).float()
+    sigmas = schedule(alphas_cumprod, req.steps, req.schedule) if inits is None else \
+        img2img_sigmas(alphas_cumprod, req.steps, req.denoising_strength, req.schedule)
+    sigmas = sigmas.to(device)
+    x = start + noise.first(shape).to(device, torch.float32) * sigmas[0]
+    context = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
+    added = None
+    if "pooled_prompt_embeds" in embeds:  # SDXL: the pooled text and the size, as the WebUI conditions it
+        size = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=context.dtype,
+                            device=context.device).repeat(2 * n, 1)
+        added = {"text_embeds": torch.cat([embeds["negative_pooled_prompt_embeds"], embeds["pooled_prompt_embeds"]]),
+                 "time_ids": size}
+    denoise = Denoiser(pipe.unet, alphas_cumprod, {"context": context}, req.cfg_scale, v_prediction, added)
+    x = sample(req.sampler_id, denoise, x, sigmas, lambda: noise.next(shape), on_step=on_step)
+    decoded = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
