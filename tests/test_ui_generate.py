@@ -44,10 +44,13 @@ def set_number(page, elem_id: str, value) -> None:
 
 
 def pick_models(page, endpoint: str, checkpoint: str, vae: str = "None") -> None:
+    # the lists are filled as the page opens too: wait for every answer, not only for the text an earlier one left
     page.click("#sagemaker-gen-endpoint-refresh")
+    wait_idle(page)
     wait_value(page, RESULT, "InService endpoint(s)")
     choose(page, "sagemaker-gen-endpoint", endpoint)
     page.click("#sagemaker-gen-models-refresh")
+    wait_idle(page)
     wait_value(page, RESULT, "checkpoint(s)")
     choose(page, "sagemaker-gen-checkpoint", checkpoint)
     choose(page, "sagemaker-gen-vae", vae)
