@@ -288,8 +288,13 @@ class Engine:
         with ExitStack() as stack, torch.inference_mode():
             started = time.monotonic()
             m, prompt, lora_hashes, ti_hashes = self._prepare(req, stack)
+            # unpadded, as the WebUI: a long prompt and a shorter negative one go through the UNet separately where
+            # we sample its way; diffusers' pipelines need one length, the shorter padded with empty chunks
             embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
-                                    embeddings=m.embeddings)
+                                    embeddings=m.embeddings, pad=False)
+            if not same_length(embeds) and not can_k_sample(req):
+                embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
+                                        embeddings=m.embeddings)
             seeds, subseeds = resolve_seeds(req.seed, req.subseed, req.batch_size, req.n_iter,
                                             subseed_strength=req.subseed_strength)
             images: List[Image.Image] = []
@@ -318,7 +323,7 @@ class Engine:
         kwargs.update(num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
                       callback_on_step_end=check, output_type="pil")
         pipe = m.pipe
-        if needs_k_sampling(req):
+        if needs_k_sampling(req) or not same_length(embeds):
             inits = self._inits(req, n) if req.task == "img2img" else None
             return self._k_run(m, req, kwargs, inits, noise, seeds, cancel)
         if req.task == "txt2img":
@@ -386,12 +391,21 @@ class Engine:
         return mask
 
 
+def can_k_sample(req: GenerationRequest) -> bool:
+    """Whether ksampling.py can run the request: the WebUI's k-diffusion samplers, img2img without a mask."""
+    return req.sampler_id in WEBUI_IMG2IMG and not (req.task == "img2img" and req.mask)
+
+
 def needs_k_sampling(req: GenerationRequest) -> bool:
     """Where diffusers' sampling is not the WebUI's: img2img (without a mask) with its k-diffusion samplers, and
     Euler a with a schedule diffusers' Euler a lacks or with NV noise at every step."""
     if req.task == "img2img":
-        return req.sampler_id in WEBUI_IMG2IMG and not req.mask
+        return can_k_sample(req)
     return req.sampler_id == "euler_a" and (req.schedule != "default" or req.randn_source == "NV")
+
+
+def same_length(embeds: dict) -> bool:
+    return embeds["prompt_embeds"].shape[1] == embeds["negative_prompt_embeds"].shape[1]
 
 
 def prepare_vae(vae, images: int, width: int, height: int) -> None:

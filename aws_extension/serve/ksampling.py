@@ -53,13 +53,15 @@ def img2img_sigmas(alphas_cumprod: torch.Tensor, steps: int, strength: float, ki
 
 
 class Denoiser:
-    """sigma -> the model's estimate of the clean latent, with classifier-free guidance."""
+    """sigma -> the model's estimate of the clean latent, with classifier-free guidance. uncond and cond: the UNet's
+    text conditioning of each half ({"context": states, "added": SDXL's extra inputs or None}); of one length they go
+    through the UNet as one batch, of two (a long prompt, a shorter negative one) as two calls, as the WebUI does."""
 
-    def __init__(self, unet, alphas_cumprod: torch.Tensor, cond: dict, cfg: float, v_prediction: bool = False,
-                 added: Optional[dict] = None):
+    def __init__(self, unet, alphas_cumprod: torch.Tensor, uncond: dict, cond: dict, cfg: float,
+                 v_prediction: bool = False):
         self.unet, self.cfg, self.v = unet, cfg, v_prediction
+        self.uncond, self.cond = uncond, cond
         self.logs = log_sigmas(alphas_cumprod).to(cond["context"].device)
-        self.cond, self.added = cond, added
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         log = sigma.log()
@@ -68,15 +70,23 @@ class Denoiser:
         w = ((self.logs[i] - log) / (self.logs[i] - self.logs[i + 1])).clamp(0, 1)
         return (i + w).reshape(1)
 
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, half: dict) -> torch.Tensor:
+        kwargs = {"added_cond_kwargs": half["added"]} if half.get("added") else {}
+        context = half["context"]
+        return self.unet(x.to(context.dtype), t.expand(x.shape[0]).to(x.device), encoder_hidden_states=context,
+                         **kwargs).sample.float()
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        c_in = 1 / (sigma ** 2 + 1) ** 0.5
-        scaled = torch.cat([x, x]) * c_in
-        t = self.timestep(sigma).expand(2 * n).to(x.device)
-        kwargs = {"added_cond_kwargs": self.added} if self.added else {}
-        out = self.unet(scaled.to(self.cond["context"].dtype), t, encoder_hidden_states=self.cond["context"],
-                        **kwargs).sample.float()
-        uncond, cond = out.chunk(2)
+        scaled = x / (sigma ** 2 + 1) ** 0.5
+        t = self.timestep(sigma)
+        if self.uncond["context"].shape == self.cond["context"].shape:
+            both = {"context": torch.cat([self.uncond["context"], self.cond["context"]]), "added": None}
+            if self.cond.get("added"):
+                both["added"] = {k: torch.cat([self.uncond["added"][k], self.cond["added"][k]])
+                                 for k in self.cond["added"]}
+            uncond, cond = self._unet(torch.cat([scaled, scaled]), t, both).chunk(2)
+        else:
+            uncond, cond = self._unet(scaled, t, self.uncond), self._unet(scaled, t, self.cond)
         guided = uncond + self.cfg * (cond - uncond)
         if self.v:  # a v-prediction model: the clean latent from x and v
             return x * (1 / (sigma ** 2 + 1)) - guided * (sigma / (sigma ** 2 + 1) ** 0.5)
@@ -131,14 +141,16 @@ def generate(pipe, req, embeds: dict, inits: Optional[list], noise, seeds: List[
         img2img_sigmas(alphas_cumprod, req.steps, req.denoising_strength, req.schedule)
     sigmas = sigmas.to(device)
     x = start + noise.first(shape).to(device, torch.float32) * sigmas[0]
-    context = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
-    added = None
-    if "pooled_prompt_embeds" in embeds:  # SDXL: the pooled text and the size, as the WebUI conditions it
-        size = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=context.dtype,
-                            device=context.device).repeat(2 * n, 1)
-        added = {"text_embeds": torch.cat([embeds["negative_pooled_prompt_embeds"], embeds["pooled_prompt_embeds"]]),
-                 "time_ids": size}
-    denoise = Denoiser(pipe.unet, alphas_cumprod, {"context": context}, req.cfg_scale, v_prediction, added)
+    halves = []
+    for prefix in ("negative_", ""):
+        context = embeds[prefix + "prompt_embeds"]
+        added = None
+        if "pooled_prompt_embeds" in embeds:  # SDXL: the pooled text and the size, as the WebUI conditions it
+            size = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=context.dtype,
+                                device=context.device).repeat(n, 1)
+            added = {"text_embeds": embeds[prefix + "pooled_prompt_embeds"], "time_ids": size}
+        halves.append({"context": context, "added": added})
+    denoise = Denoiser(pipe.unet, alphas_cumprod, halves[0], halves[1], req.cfg_scale, v_prediction)
     x = sample(req.sampler_id, denoise, x, sigmas, lambda: noise.next(shape), on_step=on_step)
     decoded = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
     return pipe.image_processor.postprocess(decoded, output_type="pil")

@@ -133,10 +133,15 @@ def k_sample(sampler: str, unet, embeds: dict, alphas_cumprod: torch.Tensor, siz
         w = (log_sigmas[i] - sigma.log()) / (log_sigmas[i] - log_sigmas[i + 1])
         return (i + w.clamp(0, 1)).reshape(1)
 
-    def denoised(x, sigma):
-        scaled = torch.cat([x, x]) / (sigma ** 2 + 1) ** 0.5
-        cond = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
-        eps_uncond, eps_cond = unet(scaled, timestep(sigma).expand(2), encoder_hidden_states=cond).sample.chunk(2)
+    def denoised(x, sigma):  # the two halves in one batch, or (of two lengths) one UNet call each
+        scaled, t = x / (sigma ** 2 + 1) ** 0.5, timestep(sigma)
+        negative, positive = embeds["negative_prompt_embeds"], embeds["prompt_embeds"]
+        if negative.shape == positive.shape:
+            eps_uncond, eps_cond = unet(torch.cat([scaled, scaled]), t.expand(2),
+                                        encoder_hidden_states=torch.cat([negative, positive])).sample.chunk(2)
+        else:
+            eps_uncond = unet(scaled, t, encoder_hidden_states=negative).sample
+            eps_cond = unet(scaled, t, encoder_hidden_states=positive).sample
         return x - (eps_uncond + cfg * (eps_cond - eps_uncond)) * sigma
 
     if init is not None:
@@ -185,10 +190,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
-def reference_picture(pipe, req, sampler: str, karras: bool = False, **kwargs) -> np.ndarray:
-    """The picture of the written-out sampler, decoded as the pipeline decodes."""
+def reference_picture(pipe, req, sampler: str, karras: bool = False, pad: bool = False, **kwargs) -> np.ndarray:
+    """The picture of the written-out sampler, decoded as the pipeline decodes (prompts unpadded, as the WebUI)."""
     with torch.inference_mode():
-        embeds = encode_prompts(pipe, req.prompt, req.negative_prompt)
+        embeds = encode_prompts(pipe, req.prompt, req.negative_prompt, pad=pad)
         x = k_sample(sampler, pipe.unet, embeds, pipe.scheduler.alphas_cumprod, req.width // pipe.vae_scale_factor,
                      req.steps, req.cfg_scale, req.seed, karras=karras, **kwargs)
         image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
@@ -217,6 +222,21 @@ def test_our_samplers_give_the_picture_of_k_diffusions_algorithms(engine, cloud,
     theirs = reference_picture(engine.loaded.pipe, req, reference, karras, nv=source == "NV")
     print(f"{sampler_name} {scheduler} {source} vs k-diffusion: {psnr(ours, theirs):.1f} dB")
     assert psnr(ours, theirs) >= SAME_PICTURE_DB, psnr(ours, theirs)
+
+
+@pytest.mark.parametrize("sampler_name, reference, karras", [("Euler", "euler", False), ("DPM++ 2M", "dpmpp_2m", True)])
+def test_a_long_prompt_and_a_shorter_negative_go_through_the_unet_apart(engine, cloud, sampler_name, reference,
+                                                                         karras):
+    """Past 75 tokens the prompt takes two chunks, the negative one: the WebUI pads neither (its default) and runs
+    them through the UNet separately; padding the negative with an empty chunk changes the picture."""
+    req = request(cloud, prompt="a red cat on a blue chair in a green room, " * 8, negative_prompt="blurry",
+                  sampler_name=sampler_name)
+    ours = np.asarray(engine.generate(req).images[0].convert("RGB"))
+    theirs = reference_picture(engine.loaded.pipe, req, reference, karras)
+    padded = reference_picture(engine.loaded.pipe, req, reference, karras, pad=True)
+    print(f"long prompt {sampler_name}: {psnr(ours, theirs):.1f} dB; padded: {psnr(ours, padded):.1f} dB")
+    assert psnr(ours, theirs) >= SAME_PICTURE_DB, psnr(ours, theirs)
+    assert psnr(ours, padded) < psnr(ours, theirs)
 
 
 def test_the_euler_a_check_has_teeth(engine, cloud):
