@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 from ..core.aws import Aws, describe, is_not_found, split_s3_uri, translate
 from ..core.errors import NotFound, Refused, TransferError
-from ..core.models.catalog import legacy_record_key, parse_record, record_key
+from ..core.models.catalog import read_record
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +201,10 @@ class ModelCache:
         return digest.hexdigest()
 
     def _record_sha256(self, uri: str, bucket: str, key: str) -> Optional[str]:
-        # read from the model's own bucket (not aws.bucket): endpoints may load models from any bucket
-        for at in dict.fromkeys((record_key(key), legacy_record_key(key))):  # where older versions kept it, too
-            try:
-                body = self.aws.client("s3").get_object(Bucket=bucket, Key=at)["Body"].read()
-            except Exception as exc:
-                if is_not_found(exc):
-                    continue
-                with translate(f"reading the record of {uri}"):
-                    raise
-            record = parse_record(body)  # a hand-edited or foreign record: nothing to check against
-            return record.sha256 if record else None
-        return None  # a model without a record is taken as it is
+        # read from the model's own bucket (not aws.bucket): endpoints may load models from any bucket; a model
+        # without a record (or with a hand-edited or foreign one) is taken as it is
+        record = read_record(self.aws, key, bucket=bucket)
+        return record.sha256 if record else None
 
     # -- size bound and index -------------------------------------------------------------------------
     def _evict(self, keep: str, uri: str) -> None:

@@ -85,13 +85,13 @@ def write_record(aws: Aws, record: ModelRecord) -> None:
             s3.put_object(Bucket=aws.bucket, Key=hash_key(record.sha256, record.key), Body=b"")
 
 
-def _get_record(aws: Aws, record_at: str, key: str) -> Optional[bytes]:
+def _get_record(aws: Aws, record_at: str, key: str, bucket: Optional[str] = None) -> Optional[bytes]:
     try:
-        return aws.client("s3").get_object(Bucket=aws.bucket, Key=record_at)["Body"].read()
+        return aws.client("s3").get_object(Bucket=bucket or aws.bucket, Key=record_at)["Body"].read()
     except Exception as exc:
         if is_not_found(exc):
             return None
-        with translate(f"reading the record of {key}"):
+        with translate(f"reading the record of {f's3://{bucket}/{key}' if bucket else key}"):
             raise
 
 
@@ -102,12 +102,13 @@ def parse_record(body: Optional[bytes]) -> Optional[ModelRecord]:
         return None
 
 
-def read_record(aws: Aws, key: str, legacy: bool = True) -> Optional[ModelRecord]:
+def read_record(aws: Aws, key: str, legacy: bool = True, bucket: Optional[str] = None) -> Optional[ModelRecord]:
     """The model's record; one written by an older version beside the model is read where it is until it moves
-    (legacy=False: not looked for, one GET; such records say nothing of kind and base)."""
-    body = _get_record(aws, record_key(key), key)
+    (legacy=False: not looked for, one GET; such records say nothing of kind and base). bucket: another bucket
+    than the tool's (an endpoint may load models from any)."""
+    body = _get_record(aws, record_key(key), key, bucket)
     if body is None and legacy and key.startswith(MODELS):
-        body = _get_record(aws, legacy_record_key(key), key)
+        body = _get_record(aws, legacy_record_key(key), key, bucket)
     return parse_record(body)
 
 
