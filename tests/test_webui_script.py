@@ -312,7 +312,15 @@ def test_interrupt_stops_the_wait(script, endpoint, how):
 
     name, stand_in = endpoint
     stand_in.respond = lambda request: None  # never answers
-    threading.Timer(0.8, getattr(shared.state, how)).start()
+
+    def stop_once_sent():  # not after a fixed time: on a loaded machine the request may not be sent yet
+        deadline = time.monotonic() + 30
+        while not stand_in.inputs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        getattr(shared.state, how)()
+
+    threading.Thread(target=stop_once_sent, daemon=True).start()
     started = time.monotonic()
     processed = script.run(txt2img(), name, "sd15", None)
     assert time.monotonic() - started < 4
