@@ -29,10 +29,6 @@ SCHEDULES = {"Automatic": None, "Karras": "karras", "Exponential": "exponential"
 SCHEDULE_LABELS = {"default": "Automatic", "karras": "Karras", "exponential": "Exponential"}
 # the WebUI's "Random number generator source" choices; NV is drawn on the CPU by serve/rng.py
 RANDN_SOURCES = ("GPU", "CPU", "NV")
-# the samplers whose img2img (without a mask) runs the WebUI's way (serve/ksampling.py), as does Euler a with Karras
-# or Exponential, or with NV noise
-WEBUI_IMG2IMG = {"euler", "euler_a", "dpmpp_2m"}
-
 # the WebUI's timestep samplers take any schedule type and ignore it (its infotext still names the one chosen)
 IGNORE_SCHEDULE = {"ddim", "unipc"}
 
@@ -60,7 +56,7 @@ UNSUPPORTED: Dict[str, Tuple[tuple, str]] = {
     "image_cfg_scale": ((None,), "image_cfg_scale"), "resize_mode": ((0, None), "resize_mode"),
     "mask_blur_x": ((4, None), "mask_blur_x"), "mask_blur_y": ((4, None), "mask_blur_y"),
     "mask_round": ((True, None), "mask_round"),
-    # masked content "original" and inpaint area "Whole picture", the WebUI UI's defaults, are what diffusers does
+    # masked content "original" and inpaint area "Whole picture", the WebUI UI's defaults, are what serve/masks.py does
     "inpainting_fill": ((1, None), "masked content other than 'original' (inpainting_fill)"),
     "inpaint_full_res": ((False, 0, None), "inpaint area 'Only masked' (inpaint_full_res)"),
     "inpaint_full_res_padding": ((0, None), "inpaint_full_res_padding"),
@@ -270,15 +266,7 @@ def parse_request(body: dict) -> GenerationRequest:
         values["denoising_strength"] = _number(p, "denoising_strength", float, 0, 1, 0.75)
         values["mask_blur"] = _number(p, "mask_blur", int, 0, 64, 4)
         values["inpainting_mask_invert"] = _number(p, "inpainting_mask_invert", int, 0, 1, 0)
-        if values["subseed_strength"] and (sampler_id not in WEBUI_IMG2IMG or values["mask"]):
-            raise BadRequest("subseed_strength", "variation seeds (subseed_strength) in img2img are supported with "
-                                                 "Euler, Euler a and DPM++ 2M without a mask only")
     values.update(_override_settings(p.get("override_settings")))
-    source = values["randn_source"]
-    if source == "NV" and task == "img2img" and (sampler_id not in WEBUI_IMG2IMG or values.get("mask")):
-        what = f"img2img with sampler {sampler_name!r}{' and a mask' if values.get('mask') else ''}"
-        raise BadRequest("override_settings.randn_source", f"random number generator source 'NV' is not supported "
-                                                           f"with {what} here: choose 'CPU' or 'GPU'")
     return GenerationRequest(**values)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from ..core.errors import Interrupted
 from .cache import ModelCache
@@ -27,10 +27,9 @@ from .checkpoint import load_pipeline, load_vae
 from .compiled import GpuWorker, cache_supported
 from ..contract.infotext import model_hash, network_hash
 from .prompts import Embeddings, encode_prompts, extract_networks
-from ..contract.request import WEBUI_IMG2IMG, BadRequest, GenerationRequest, resolve_seeds
-from . import ksampling
+from ..contract.request import BadRequest, GenerationRequest, resolve_seeds
+from . import ksampling, masks, sampling
 from .rng import ImageNoise
-from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,6 @@ class Loaded:
     loras: tuple = ()
     lora_backup: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
     embeddings: Embeddings = field(default_factory=Embeddings)
-    variants: dict = field(default_factory=dict)  # img2img / inpaint pipelines sharing the components
     override_vaes: dict = field(default_factory=dict)
     compiled: object = None  # the UNet's CompiledModule when compiling
 
@@ -216,8 +214,6 @@ class Engine:
                                                         config_root=self.config_root)
             m.override_vaes = {path: vae}
         m.pipe.vae = vae
-        for variant in m.variants.values():
-            variant.vae = vae
         m.vae_uri, m.vae_path, m.vae_sha256 = uri, path, (self.cache.sha256(path) if path else None)
 
     def _loras(self, m: Loaded, wanted: List[Tuple[str, Path, float]]) -> None:
@@ -288,13 +284,9 @@ class Engine:
         with ExitStack() as stack, torch.inference_mode():
             started = time.monotonic()
             m, prompt, lora_hashes, ti_hashes = self._prepare(req, stack)
-            # unpadded, as the WebUI: a long prompt and a shorter negative one go through the UNet separately where
-            # we sample its way; diffusers' pipelines need one length, the shorter padded with empty chunks
+            # unpadded, as the WebUI: a long prompt and a shorter negative one go through the UNet separately
             embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
                                     embeddings=m.embeddings, pad=False)
-            if not same_length(embeds) and not can_k_sample(req):
-                embeds = encode_prompts(m.pipe, prompt, req.negative_prompt, clip_skip=req.clip_skip,
-                                        embeddings=m.embeddings)
             seeds, subseeds = resolve_seeds(req.seed, req.subseed, req.batch_size, req.n_iter,
                                             subseed_strength=req.subseed_strength)
             images: List[Image.Image] = []
@@ -308,104 +300,26 @@ class Engine:
 
     def _run(self, m: Loaded, req: GenerationRequest, embeds: dict, seeds: List[int], subseeds: List[int],
              cancel: threading.Event) -> List[Image.Image]:
-        n = len(seeds)
-        kwargs = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()}
-        noise = ImageNoise(req.randn_source, self.device, seeds, subseeds, req.subseed_strength)
-        # txt2img: each image's generator drew its starting noise; the sampler's later draws continue from it
-        generators = noise.generators if req.task == "txt2img" else \
-            [torch.Generator("cpu").manual_seed(s) for s in seeds]
-
-        def check(pipe, step, timestep, callback_kwargs):
+        def step(i: int) -> None:
             if cancel.is_set():
                 raise Interrupted("The generation was stopped because the server is shutting down.")
-            return callback_kwargs
 
-        kwargs.update(num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
-                      callback_on_step_end=check, output_type="pil")
-        pipe = m.pipe
-        if needs_k_sampling(req) or not same_length(embeds):
-            inits = self._inits(req, n) if req.task == "img2img" else None
-            return self._k_run(m, req, kwargs, inits, noise, seeds, cancel)
-        if req.task == "txt2img":
-            shape = (m.pipe.unet.config.in_channels, req.height // m.pipe.vae_scale_factor,
-                     req.width // m.pipe.vae_scale_factor)
-            kwargs.update(width=req.width, height=req.height, latents=noise.first(shape).to(self.device, self.dtype))
-        else:
-            inits = self._inits(req, n)
-            kind = "inpaint" if req.mask else "img2img"
-            pipe = self._variant(m, kind)
-            kwargs.update(image=inits, strength=req.denoising_strength)
-            if req.mask:
-                mask = self._mask(req)
-                kwargs.update(mask_image=mask, width=req.width, height=req.height)
-        pipe.scheduler = make_scheduler(m.scheduler_config, req.sampler_id, req.schedule, seed=seeds[0])
-        prepare_vae(pipe.vae, n, req.width, req.height)
+        n = len(seeds)
+        noise = ImageNoise(req.randn_source, self.device, seeds, subseeds, req.subseed_strength)
+        inits = self._inits(req, n) if req.task == "img2img" else None
+        mask = masks.prepare(decode_image(req.mask, "mask"), req.width, req.height, req.mask_blur,
+                             bool(req.inpainting_mask_invert)) if inits and req.mask else None
+        prepare_vae(m.pipe.vae, n, req.width, req.height)
+        alphas = ksampling.alphas_cumprod(m.scheduler_config)
+        v = m.scheduler_config.get("prediction_type") == "v_prediction"
         with m.compiled.denoising() if m.compiled else nullcontext():
-            images = list(pipe(**kwargs).images)
-        if req.task == "img2img" and req.mask:  # outside the mask the picture stays the user's, pixel for pixel
-            images = [Image.composite(out.convert("RGB"), init, mask) for out, init in zip(images, inits)]
-        return images
+            images = sampling.generate(m.pipe, req, embeds, inits, mask, noise, seeds, alphas, v, self.device, step)
+        return mask.lay_under(images, inits) if mask else images
 
     @staticmethod
     def _inits(req: GenerationRequest, n: int) -> List[Image.Image]:
         inits = [decode_image(req.init_images[j % len(req.init_images)], "init_images").convert("RGB") for j in range(n)]
         return [im.resize((req.width, req.height), Image.LANCZOS) for im in inits]
-
-    def _k_run(self, m: Loaded, req: GenerationRequest, embeds: dict, inits: Optional[List[Image.Image]],
-               noise: ImageNoise, seeds: List[int], cancel: threading.Event) -> List[Image.Image]:
-        def step(i: int) -> None:
-            if cancel.is_set():
-                raise Interrupted("The generation was stopped because the server is shutting down.")
-
-        prepare_vae(m.pipe.vae, len(seeds), req.width, req.height)
-        alphas = make_scheduler(m.scheduler_config, "euler", "default").alphas_cumprod
-        v = m.scheduler_config.get("prediction_type") == "v_prediction"
-        with m.compiled.denoising() if m.compiled else nullcontext():
-            return ksampling.generate(m.pipe, req, embeds, inits, noise, seeds, alphas, v, self.device, step)
-
-    def _variant(self, m: Loaded, kind: str):
-        if kind not in m.variants:
-            import diffusers
-
-            sdxl = m.arch.kind == "sdxl"
-            name = {("img2img", False): "StableDiffusionImg2ImgPipeline",
-                    ("img2img", True): "StableDiffusionXLImg2ImgPipeline",
-                    ("inpaint", False): "StableDiffusionInpaintPipeline",
-                    ("inpaint", True): "StableDiffusionXLInpaintPipeline"}[(kind, sdxl)]
-            variant = getattr(diffusers, name).from_pipe(m.pipe)
-            variant.set_progress_bar_config(disable=True)
-            m.variants[kind] = variant
-        return m.variants[kind]
-
-    @staticmethod
-    def _mask(req: GenerationRequest) -> Image.Image:
-        mask = decode_image(req.mask, "mask")
-        if mask.mode in ("RGBA", "LA"):  # the WebUI's inpaint sketch sends the mask in the alpha channel
-            mask = mask.getchannel("A") if mask.getextrema()[-1][0] < 255 else mask.convert("L")
-        mask = mask.convert("L").point(lambda v: 255 if v > 128 else 0)  # mask_round, as the WebUI does
-        mask = mask.resize((req.width, req.height), Image.LANCZOS)
-        if req.inpainting_mask_invert:
-            mask = mask.point(lambda v: 255 - v)
-        if req.mask_blur:
-            mask = mask.filter(ImageFilter.GaussianBlur(req.mask_blur))
-        return mask
-
-
-def can_k_sample(req: GenerationRequest) -> bool:
-    """Whether ksampling.py can run the request: the WebUI's k-diffusion samplers, img2img without a mask."""
-    return req.sampler_id in WEBUI_IMG2IMG and not (req.task == "img2img" and req.mask)
-
-
-def needs_k_sampling(req: GenerationRequest) -> bool:
-    """Where diffusers' sampling is not the WebUI's: img2img (without a mask) with its k-diffusion samplers, and
-    Euler a with a schedule diffusers' Euler a lacks or with NV noise at every step."""
-    if req.task == "img2img":
-        return can_k_sample(req)
-    return req.sampler_id == "euler_a" and (req.schedule != "default" or req.randn_source == "NV")
-
-
-def same_length(embeds: dict) -> bool:
-    return embeds["prompt_embeds"].shape[1] == embeds["negative_prompt_embeds"].shape[1]
 
 
 def prepare_vae(vae, images: int, width: int, height: int) -> None:

@@ -84,9 +84,8 @@ def draw_device(source: str, device: str) -> str:
 
 
 class ImageNoise:
-    """One generator per image. first(): each image's starting noise (with its variation seed blended in);
-    generators: the torch generators that continue from there, for the pipeline's later draws (None for NV, which
-    torch cannot draw: request.py refuses NV where later draws are needed)."""
+    """One generator per image. first(): each image's starting noise (with its variation seed blended in); next():
+    each image's later draws, continuing from there (an ancestral sampler's step noise)."""
 
     def __init__(self, source: str, device: str, seeds: Sequence[int], subseeds: Optional[Sequence[int]] = None,
                  subseed_strength: float = 0.0):
@@ -117,7 +116,3 @@ class ImageNoise:
     def next(self, shape: Sequence[int]) -> torch.Tensor:
         """Each image's next draw from its own generator (a sampler's step noise), NV included."""
         return torch.stack([self._draw(g, shape).cpu() for g in self._own])
-
-    @property
-    def generators(self) -> Optional[List[torch.Generator]]:
-        return None if self.source == "NV" else self._own
