@@ -13,9 +13,10 @@ import pytest
 from aws_extension.core.aws import Aws
 from aws_extension.core.bootstrap import setup
 from aws_extension.core.config import Settings
-from aws_extension.core.models import sync
+from aws_extension.core.models import localmodels
 from aws_extension.core.models.hashcache import JsonHashCache, TitleCache, webui_title
-from aws_extension.core.models.sync import folders_from_dirs, standalone_cache, summary, sync_models
+from aws_extension.core.models.localmodels import folders_from_dirs, standalone_cache
+from aws_extension.core.models.sync import summary, sync_models
 from aws_extension.core.models.transfer import MiB
 from aws_extension.core.models.types import model_type
 from aws_extension.core.models.uploads import upload_paths
@@ -38,13 +39,13 @@ def hash_cache_file(tmp_path, monkeypatch):
 def hashed(monkeypatch):
     """The files whose bytes sync read to compute a sha256, in order."""
     seen = []
-    real = sync.hash_file
+    real = localmodels.hash_file
 
     def counting(path, moved, cancel):
         seen.append(os.path.basename(path))
         return real(path, moved, cancel)
 
-    monkeypatch.setattr(sync, "hash_file", counting)
+    monkeypatch.setattr(localmodels, "hash_file", counting)
     return seen
 
 
@@ -117,14 +118,15 @@ def test_sync_uploads_what_the_cloud_lacks_then_sends_and_reads_nothing(s3aws, p
     assert {v["sha256"] for v in cached.values()} == {sums[n] for n in items}
     assert summary(list(items.values()), False) == "Uploaded 4 files (13.8 KB); 1 already in the cloud (1.8 KB)."
 
-    # the second sync: one LIST of the markers, no file read, no write, the cache file untouched
+    # the second sync: one LIST of the markers and one of the models (still there?), no file read, no write, the
+    # cache file untouched
     proxy.requests.clear()
     hashed.clear()
     stamp = hash_cache_file.stat().st_mtime_ns
     again = run(s3aws, root)
     assert [i.status for i in again] == ["skipped"] * 5
     assert hashed == []
-    assert [(m, q.get("prefix")) for m, _, q in proxy.requests] == [("GET", "hashes/")]
+    assert [(m, q.get("prefix")) for m, _, q in proxy.requests] == [("GET", "hashes/"), ("GET", "models/")]
     assert hash_cache_file.stat().st_mtime_ns == stamp
 
 
@@ -237,19 +239,18 @@ def test_folders_a_webui_root_a_models_folder_a_type_folder_or_a_type_named(tmp_
     folders, failures = folders_from_dirs([str(root), str(root / "models"), str(root / "models/Lora"),
                                            str(tmp_path / "mine"), str(tmp_path / "checkpoints"),
                                            str(tmp_path / "flat"), str(tmp_path / "nope")])
-    got = [(f.type.id, str(f.path.relative_to(tmp_path))) for f in folders]
+    got = [(f.type.id if f.type else "by header", str(f.path.relative_to(tmp_path))) for f in folders]
     assert got == [("checkpoint", "webui/models/Stable-diffusion"), ("embedding", "webui/embeddings"),
                    ("lora", "webui/models/Lora"), ("checkpoint", "webui/models/Stable-diffusion"),
                    ("lora", "webui/models/Lora"), ("lora", "webui/models/Lora"), ("lora", "mine/lora"),
-                   ("checkpoint", "checkpoints")]
-    assert [f.item for f in failures] == [str(tmp_path / "flat"), str(tmp_path / "nope")]
-    assert "the type of its files is unknown" in failures[0].error and "no such folder" in failures[1].error
+                   ("checkpoint", "checkpoints"), ("by header", "flat")]
+    assert [f.item for f in failures] == [str(tmp_path / "nope")] and "no such folder" in failures[0].error
     folders, failures = folders_from_dirs([str(tmp_path / "flat"), str(root)], ["vae"])
     assert [(f.type.id, f.path.name) for f in folders] == [("vae", "flat")] and not failures
     folders, _ = folders_from_dirs([str(root)], ["lora", "embedding"])
     assert [f.type.id for f in folders] == ["embedding", "lora"]
     # each file once, however often its folder is named
-    found, _ = sync.scan(folders_from_dirs([str(root), str(root / "models")])[0])
+    found, _ = localmodels.scan(folders_from_dirs([str(root), str(root / "models")])[0])
     assert sorted(m.name for m in found) == ["a.safetensors", "b.safetensors", "base.safetensors", "base.vae.pt",
                                              "e.pt"]
 
@@ -324,9 +325,11 @@ def test_cli_sync_as_typed(aws_env, tmp_path):
     assert again.stdout.strip() == "Uploaded 0 files (0 bytes); 5 already in the cloud (15.6 KB)."
     assert (tmp_path / "hashes.json").stat().st_mtime_ns == stamp
 
-    put(tmp_path / "flat" / "m.safetensors", b"m")
+    put(tmp_path / "flat" / "m.safetensors", b"m")  # a folder of no WebUI layout: the header must say the type
     bad = cli(env, "models", "sync", "--models-dir", str(tmp_path / "flat"), check_rc=1)
-    assert bad.stderr.startswith(f"error: {tmp_path / 'flat'}: neither a WebUI folder")
+    assert bad.stderr.startswith(f"error: {tmp_path / 'flat' / 'm.safetensors'}: it is too short to be a .safetensors "
+                                 "file, so its type is unknown; not uploaded: pass its type with --type")
+    assert "Uploaded 0 files (0 bytes); 0 already in the cloud (0 bytes); 1 not uploaded" in bad.stdout
 
 
 def test_in_the_webui_sync_walks_its_folders_and_shares_its_hash_cache(request, aws, tmp_path, hashed):
@@ -395,6 +398,8 @@ def test_a_file_in_the_wrong_folder_is_refused_and_the_rest_keep_what_they_are(s
     (root / "models/Lora").mkdir(parents=True)
     write_safetensors(root / "models/Stable-diffusion/style.safetensors", "sdxl-lora")
     write_safetensors(root / "models/Lora/detail.safetensors", "sd1-lora")
+    [dry] = [i for i in run(s3aws, root, dry_run=True) if i.name == "style.safetensors"]
+    assert dry.status == "failed" and "this file is a LoRA for SDXL" in dry.error  # a dry run says so too
     items = by_name(run(s3aws, root))
     wrong = items["style.safetensors"]
     assert wrong.status == "failed"
@@ -402,3 +407,112 @@ def test_a_file_in_the_wrong_folder_is_refused_and_the_rest_keep_what_they_are(s
     assert keys(s3aws, "models/") == ["models/Lora/detail.safetensors"]  # nothing of the misplaced file
     record = read_record(s3aws, "models/Lora/detail.safetensors")
     assert (record.kind, record.base) == ("lora", "sd1")  # what its header said, kept as uploads keep it
+
+
+def test_a_folder_of_mixed_files_goes_up_by_what_each_header_says(s3aws, proxy, tmp_path):
+    """A Downloads folder (no WebUI layout, no --type): each file goes to its type's folder by its header; a file
+    whose header says nothing is named, with what to do, and not sent."""
+    from aws_extension.core.models.catalog import read_record
+    from model_headers import webui_embedding, write_safetensors, write_torch
+
+    flat = tmp_path / "Downloads"
+    (flat / "new").mkdir(parents=True)
+    write_safetensors(flat / "base.safetensors", "sdxl-checkpoint")
+    write_safetensors(flat / "detail.safetensors", "sd1-lora")
+    write_safetensors(flat / "new" / "ae.safetensors", "vae")
+    write_torch(flat / "emb.pt", webui_embedding())
+    write_safetensors(flat / "mystery.safetensors", {"foo.weight": (4, 4)})
+    put(flat / "broken.ckpt", b"not a model" * 10)
+    unknown = {str(flat / "mystery.safetensors"): "its header does not say which kind of model it is",
+               str(flat / "broken.ckpt"): "it is not a PyTorch file"}
+
+    def check_unknown(items):
+        bad = {i.item: i.error for i in items if not i.ok}
+        assert sorted(bad) == sorted(unknown)
+        for item, error in bad.items():
+            assert error.startswith(f"{item}: {unknown[item]}") and "pass its type with --type" in error
+
+    proxy.requests.clear()
+    dry = run(s3aws, flat, dry_run=True)
+    check_unknown(dry)
+    planned = {i.name: (i.status, i.key, i.note) for i in dry if i.ok}
+    assert planned == {
+        "base.safetensors": ("to-upload", "models/Stable-diffusion/base.safetensors", "an SDXL checkpoint, by its header"),
+        "detail.safetensors": ("to-upload", "models/Lora/detail.safetensors", "a LoRA for SD 1.x, by its header"),
+        "ae.safetensors": ("to-upload", "models/VAE/ae.safetensors", "a VAE, by its header"),
+        "emb.pt": ("to-upload", "models/embeddings/emb.pt", "a textual inversion for SD 1.x, by its header")}
+    assert writes(proxy) == []
+    assert summary(dry, True).startswith("Would upload 4 files") and summary(dry, True).endswith("2 not uploaded "
+                                                                                                 "(see above).")
+
+    items = run(s3aws, flat)
+    check_unknown(items)
+    assert sorted(i.status for i in items if i.ok) == ["uploaded"] * 4
+    assert keys(s3aws, "models/") == ["models/Lora/detail.safetensors", "models/Stable-diffusion/base.safetensors",
+                                      "models/VAE/ae.safetensors", "models/embeddings/emb.pt"]
+    assert (read_record(s3aws, "models/Lora/detail.safetensors").kind,
+            read_record(s3aws, "models/Lora/detail.safetensors").base) == ("lora", "sd1")
+    again = run(s3aws, flat)
+    assert sorted(i.status for i in again) == ["failed"] * 2 + ["skipped"] * 4
+
+    # several --type: only those, still by each header; one --type: the folder is that type, as before
+    write_safetensors(flat / "more.safetensors", "sdxl-lora")
+    write_safetensors(flat / "xl.safetensors", "sd2-checkpoint")
+    some = run(s3aws, flat, types=["lora", "vae"], dry_run=True)
+    assert sorted((i.name, i.status) for i in some if i.ok) == [
+        ("ae.safetensors", "skipped"), ("detail.safetensors", "skipped"), ("more.safetensors", "to-upload")]
+    check_unknown(some)
+    typed = by_name(run(s3aws, flat, types=["lora"], dry_run=True))
+    assert typed["mystery.safetensors"].status == "to-upload"  # the user said what it is
+    assert typed["mystery.safetensors"].key == "models/Lora/mystery.safetensors"
+    assert typed["xl.safetensors"].status == "failed"  # and it says it is not: refused, before anything is sent
+    assert "this file is an SD 2.x checkpoint, not a LoRA" in typed["xl.safetensors"].error
+    assert typed["detail.safetensors"].status == "skipped" and typed["more.safetensors"].status == "to-upload"
+
+
+def test_a_model_deleted_outside_the_tool_is_uploaded_again(s3aws, proxy, tmp_path):
+    """Someone deletes a model in the S3 console: its hash marker stays, and must not make sync skip the file."""
+    s3 = s3aws.client("s3")
+    lora = tmp_path / "Lora"
+    sha = put(lora / "x.safetensors", b"x" * 1000)
+    assert [i.status for i in run(s3aws, lora)] == ["uploaded"]
+    s3.delete_object(Bucket=s3aws.bucket, Key="models/Lora/x.safetensors")
+    assert keys(s3aws, f"hashes/{sha}/") == [f"hashes/{sha}/Lora/x.safetensors"]  # the marker outlives it
+
+    proxy.requests.clear()
+    [dry] = run(s3aws, lora, dry_run=True)
+    assert (dry.status, dry.key, dry.note) == ("to-upload", "models/Lora/x.safetensors", "")
+    assert [(m, q.get("prefix") or p.split("/", 2)[2]) for m, p, q in proxy.requests] == [
+        ("GET", "hashes/"), ("HEAD", "models/Lora/x.safetensors")]  # one check for the one match
+    proxy.requests.clear()
+    [item] = run(s3aws, lora)
+    assert item.status == "uploaded"
+    assert s3.get_object(Bucket=s3aws.bucket, Key="models/Lora/x.safetensors")["Body"].read() == b"x" * 1000
+    assert keys(s3aws, f"hashes/{sha}/") == [f"hashes/{sha}/Lora/x.safetensors"]
+    assert [i.status for i in run(s3aws, lora)] == ["skipped"]
+
+    # deleted, and renamed here since: it goes up under its new name, and the marker of the old one goes
+    (lora / "x.safetensors").rename(lora / "y.safetensors")
+    s3.delete_object(Bucket=s3aws.bucket, Key="models/Lora/x.safetensors")
+    [item] = run(s3aws, lora)
+    assert (item.status, item.key) == ("uploaded", "models/Lora/y.safetensors")
+    assert keys(s3aws, f"hashes/{sha}/") == [f"hashes/{sha}/Lora/y.safetensors"]
+
+    # replaced in the console by another file of the same name: not this file, whatever its marker says
+    s3.put_object(Bucket=s3aws.bucket, Key="models/Lora/y.safetensors", Body=b"something else")
+    [dry] = run(s3aws, lora, dry_run=True)
+    assert dry.status == "to-upload"
+
+    # many files (more checks than one LIST of the models): one LIST, and each deleted one goes up again
+    for n in range(4):
+        put(lora / f"m{n}.safetensors", f"m{n}".encode() * 100)
+    assert sorted(i.status for i in run(s3aws, lora)) == ["uploaded"] * 5  # y too: the console's is not it
+    for n in (1, 3):
+        s3.delete_object(Bucket=s3aws.bucket, Key=f"models/Lora/m{n}.safetensors")
+    proxy.requests.clear()
+    items = by_name(run(s3aws, lora))
+    assert {n: i.status for n, i in items.items()} == {"y.safetensors": "skipped", "m0.safetensors": "skipped",
+                                                        "m1.safetensors": "uploaded", "m2.safetensors": "skipped",
+                                                        "m3.safetensors": "uploaded"}
+    reads = [(m, q.get("prefix")) for m, p, q in proxy.requests if m in ("GET", "HEAD") and "uploadId" not in q]
+    assert reads[:2] == [("GET", "hashes/"), ("GET", "models/Lora/")] and all(m != "HEAD" for m, _ in reads)

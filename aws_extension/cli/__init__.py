@@ -56,11 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("urls", nargs="+", metavar="URL")
     c = command(models, "sync", cmd_models_sync, "upload every model file of the WebUI's model folders that the cloud "
                 "lacks (matched by sha256); the others are skipped without sending")
-    c.add_argument("--type", action="append", help=type_help + "; repeatable (default: every type)")
+    c.add_argument("--type", action="append", help=type_help + "; repeatable (default: every type). A folder of "
+                   "mixed files with one --type: all its files are of that type")
     c.add_argument("--dry-run", action="store_true", help="list what would be uploaded, and what is there already")
     c.add_argument("--models-dir", action="append", default=[], metavar="DIR",
-                   help="a WebUI folder, its models folder, or one type's folder (repeatable; default: the WebUI "
-                        "this extension is in)")
+                   help="a WebUI folder, its models folder, one type's folder, or any folder of model files (each "
+                        "file's header says its type) (repeatable; default: the WebUI this extension is in)")
     c = command(models, "list", cmd_models_list, "list models in the cloud")
     c.add_argument("--type", help=type_help)
     for name, fn, what in (("show", cmd_models_show, "show one model's record"),

@@ -56,8 +56,8 @@ def cmd_models_sync(cli: Cli) -> int:
     import sys
     import time
 
-    from ..core.models.sync import (default_dirs, folders_from_dirs, item_line, progress_text, standalone_cache,
-                                    summary, sync_models)
+    from ..core.models.localmodels import default_dirs, folders_from_dirs, standalone_cache
+    from ..core.models.sync import item_line, progress_text, summary, sync_models
     from ..core.text import Pace
     from .output import EXIT_FAILED, error
 

@@ -7,8 +7,8 @@ from typing import List, Tuple
 
 import gradio as gr
 
-from ..core.models.sync import (SyncFolder, SyncItem, folders_from_dirs, item_line, progress_text, standalone_cache,
-                                summary, sync_models)
+from ..core.models.localmodels import SyncFolder, SyncItem, folders_from_dirs, standalone_cache
+from ..core.models.sync import item_line, progress_text, summary, sync_models
 from ..core.models.types import model_type
 from ..core.text import Pace
 from .context import TabContext, run_with_progress
