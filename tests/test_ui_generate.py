@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from test_ui_tab import choose, connection_line, fill, keys, options, wait_idle, wait_value
+from model_headers import write_safetensors
+from test_ui_tab import choose, connection_line, fill, keys, options, textarea, wait_idle, wait_value
 from ui_support import standalone
 from aws_extension.core import generation
 from aws_extension.core.aws import Aws
@@ -137,6 +139,52 @@ def test_waiting_states_and_stop(offline_tab, aws, monkeypatch):
     assert f"if it had, endpoint '{name}' is still finishing the earlier request" in text
     assert keys(aws, "inference/input/") == []
     expect(thumbnails(page)).to_have_count(0)
+
+
+def pick(page, elem_id: str, text: str) -> None:
+    """Pick an option of a gradio 3.41 multiselect dropdown: it shows as a token."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} li.item").filter(has_text=re.compile(rf"^\W*{re.escape(text)}\s*$")).first.click()
+    expect(page.locator(f"#{elem_id} .token").filter(has_text=text)).to_have_count(1)
+    page.keyboard.press("Escape")
+    page.locator(f"#{elem_id} input").blur()  # a focused input opens no list when clicked again
+
+
+def test_only_the_loras_and_embeddings_for_the_checkpoints_base_are_offered(tab, aws, tmp_path):
+    """Each file's header tells its base at upload: with an SD 1.x checkpoint chosen, an SDXL LoRA is not offered
+    (a line says so) and an SD 1.x one is; picking it writes its tag into the prompt, unpicking takes it out."""
+    for kind, name in (("sd1-checkpoint", "sd15.safetensors"), ("sdxl-checkpoint", "xl-base.safetensors"),
+                       ("sd1-lora", "detail.safetensors"), ("sdxl-lora", "xl-style.safetensors"),
+                       ("sd1-embedding", "bad-hands.safetensors")):
+        write_safetensors(tmp_path / name, kind)
+        [result] = upload_paths(aws, "auto", [str(tmp_path / name)])
+        assert result.ok, result.error
+    page = tab
+    expect(connection_line(page)).to_contain_text("Account ")
+    wait_idle(page)
+    page.click("#sagemaker-gen-models-refresh")
+    wait_idle(page)
+    wait_value(page, RESULT, "2 checkpoint(s), 0 VAE(s), 2 LoRA(s), 1 embedding(s) in the cloud.")
+    hidden = page.locator("#sagemaker-gen-hidden").last
+
+    choose(page, "sagemaker-gen-checkpoint", "xl-base.safetensors")
+    expect(hidden).to_have_text("1 LoRA for SD 1.x, 1 embedding for SD 1.x hidden: the checkpoint is SDXL.")
+    wait_idle(page)
+    assert options(page, "sagemaker-gen-extras") == ["xl-style (LoRA)"]
+
+    choose(page, "sagemaker-gen-checkpoint", "sd15.safetensors")
+    expect(hidden).to_have_text("1 LoRA for SDXL hidden: the checkpoint is SD 1.x.")
+    wait_idle(page)
+    assert options(page, "sagemaker-gen-extras") == ["detail (LoRA)", "bad-hands (embedding)"]
+
+    fill(page, "sagemaker-gen-prompt", "a cat")
+    pick(page, "sagemaker-gen-extras", "detail (LoRA)")
+    expect(textarea(page, "sagemaker-gen-prompt")).to_have_value("a cat <lora:detail:1>")
+    pick(page, "sagemaker-gen-extras", "bad-hands (embedding)")
+    expect(textarea(page, "sagemaker-gen-prompt")).to_have_value("a cat <lora:detail:1> bad-hands")
+    page.locator("#sagemaker-gen-extras .token").filter(has_text="detail (LoRA)").locator(".token-remove").click()
+    expect(textarea(page, "sagemaker-gen-prompt")).to_have_value("a cat bad-hands")
+    wait_idle(page)
 
 
 # -- 2. endpoints that really generate -------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import gradio as gr
 
 from ..core.errors import Interrupted
 from ..core.generation import SERVING, invoke, png_parameters
-from ..core.models.lookup import OWN_VAE, cloud_checkpoints, cloud_vaes, resolve_models
+from ..core.models.lookup import (OWN_VAE, add_to_prompt, checkpoint_base, fitting, generate_models,
+                                  remove_from_prompt, resolve_models)
 from ..contract.infotext import png_base64
 from ..core.models.transfer import Progress
 from ..contract import request
@@ -44,13 +45,18 @@ def serving(listed: list) -> list:
 
 def build(ctx: TabContext, watch: Watch) -> tuple:
     """The section; returns its loaders as the page opens: (the cloud models', the endpoints' (followed by watch))."""
-    gr.Markdown("### Generate\nOn an InService endpoint, with the checkpoint and VAE from the cloud.")
+    gr.Markdown("### Generate\nOn an InService endpoint, with the checkpoint, VAE, LoRAs and embeddings from the cloud: "
+                "the lists offer only those made for the checkpoint's base model (or whose base is not known).")
     with gr.Row():
         endpoint = gr.Dropdown([], label="Endpoint", elem_id="sagemaker-gen-endpoint")
         endpoints_refresh = gr.Button("Refresh", elem_id="sagemaker-gen-endpoint-refresh", scale=0)
         checkpoint = gr.Dropdown([], label="Cloud checkpoint", elem_id="sagemaker-gen-checkpoint")
         vae = gr.Dropdown([OWN_VAE], value=OWN_VAE, label="Cloud VAE", elem_id="sagemaker-gen-vae")
         models_refresh = gr.Button("Refresh", elem_id="sagemaker-gen-models-refresh", scale=0)
+    # picking one writes its tag into the prompt, unpicking takes it out, as the WebUI's extra networks do
+    extras = gr.Dropdown([], value=[], multiselect=True, label="LoRAs and embeddings (added to the prompt)",
+                         elem_id="sagemaker-gen-extras")
+    hidden = gr.Markdown("", elem_id="sagemaker-gen-hidden")
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="sagemaker-gen-prompt")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="sagemaker-gen-negative")
     with gr.Row():
@@ -76,6 +82,10 @@ def build(ctx: TabContext, watch: Watch) -> tuple:
     # this page's running generation (State gives each page its own dict, passed by reference to both clicks);
     # gradio's own `cancels` does not reliably close a generator, so Stop sets the core's cancel itself
     job = gr.State({})
+    # this page's last listing: {"models": GenerateModels, "bases": {checkpoint name: its base}}, and the extras
+    # picked (what the prompt got a tag for), so that a pick or an unpick changes only its own tag
+    cloud = gr.State({})
+    picked = gr.State([])
 
     def list_serving(keep, page):
         try:
@@ -86,15 +96,53 @@ def build(ctx: TabContext, watch: Watch) -> tuple:
             "No InService endpoint: deploy one in Cloud Assets Management, or wait until it is InService."
         return choice_update(names, keep), text
 
-    def list_cloud_models(keep_checkpoint, keep_vae):
+    def fitted(models, base, keep_vae, keep_extras) -> tuple:
+        """The VAE list, the extras' list, the hidden line and the picks still offered, for a checkpoint's base."""
+        fit = fitting(models, base)
+        labels = [e.label for e in fit.extras]
+        kept = [label for label in keep_extras or [] if label in labels]
+        return choice_update(fit.vaes, keep_vae), gr.update(choices=labels, value=kept), fit.hidden, kept
+
+    def list_cloud_models(keep_checkpoint, keep_vae, keep_extras):
         try:
             aws = ctx.aws()
-            checkpoints, vaes = cloud_checkpoints(aws), cloud_vaes(aws)
+            models = generate_models(aws)
+            chosen = keep_checkpoint if keep_checkpoint in models.checkpoints else next(iter(models.checkpoints), None)
+            base = checkpoint_base(aws, chosen)
         except Exception as exc:  # noqa: BLE001
-            return choice_update([]), gr.update(), message(exc)
-        text = f"{len(checkpoints)} checkpoint(s), {len(vaes) - 1} VAE(s) in the cloud." if checkpoints else \
+            return (choice_update([]), gr.update(), gr.update(), gr.update(), message(exc), gr.update(),
+                    gr.update())
+        loras = sum(e.type == "lora" for e in models.extras)
+        text = (f"{len(models.checkpoints)} checkpoint(s), {len(models.vaes)} VAE(s), {loras} LoRA(s), "
+                f"{len(models.extras) - loras} embedding(s) in the cloud.") if models.checkpoints else \
             "No checkpoint in the cloud yet: upload one in Cloud Models Management."
-        return choice_update(checkpoints, keep_checkpoint), choice_update(vaes, keep_vae), text
+        vae_list, extras_list, hidden_line, kept = fitted(models, base, keep_vae, keep_extras)
+        return (choice_update(models.checkpoints, chosen), vae_list, extras_list, hidden_line, text,
+                {"models": models, "bases": {chosen: base}}, kept)
+
+    def checkpoint_chosen(name, keep_vae, keep_extras, listed):
+        """Another checkpoint: the lists for its base (its record read once per listing)."""
+        if not listed:
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        bases = listed["bases"]
+        if name not in bases:
+            try:
+                bases[name] = checkpoint_base(ctx.aws(), name)
+            except Exception as exc:  # noqa: BLE001
+                return gr.update(), gr.update(), gr.update(), gr.update(), message(exc)
+        return (*fitted(listed["models"], bases[name], keep_vae, keep_extras), gr.update())
+
+    def extras_picked(now, before, prompt_text, listed):
+        """A pick adds its tag at the end of the prompt; an unpick removes its tag; the rest is left as it is."""
+        table = {e.label: e for e in listed["models"].extras} if listed else {}
+        now, text = list(now or []), prompt_text or ""
+        for label in now:
+            if label not in before and label in table:
+                text = add_to_prompt(text, table[label])
+        for label in before:
+            if label not in now and label in table:
+                text = remove_from_prompt(text, table[label])
+        return text, now
 
     def generate(job_now, endpoint_name, checkpoint_name, vae_name, prompt_text, negative_text, sampler_name,
                  schedule_name, steps_n, cfg_scale, width_n, height_n, batch_n, seed_n, init_image, denoising):
@@ -161,12 +209,16 @@ def build(ctx: TabContext, watch: Watch) -> tuple:
     # an endpoint shows here once it is InService, without a Refresh
     watch.view(endpoint, "serving", lambda listed, keep: choice_update(serving(listed), keep))
     watch.after(endpoints_refresh.click(list_serving, [endpoint, watch.page], [endpoint, result]))
-    models_refresh.click(list_cloud_models, [checkpoint, vae], [checkpoint, vae, result])
+    listing_outputs = [checkpoint, vae, extras, hidden, result, cloud, picked]
+    models_refresh.click(list_cloud_models, [checkpoint, vae, extras], listing_outputs)
+    # the user's picks only: a list refreshed by a handler changes no prompt
+    checkpoint.input(checkpoint_chosen, [checkpoint, vae, extras, cloud], [vae, extras, hidden, picked, result])
+    extras.input(extras_picked, [extras, picked, prompt, cloud], [prompt, picked])
     form = [job, endpoint, checkpoint, vae, prompt, negative, sampler, schedule, steps, cfg, width, height, batch, seed,
             init, strength]
     run.click(generate, form, [gallery, info, infotexts, result])
     # not queued: it must run while the generation holds the queue
     stop.click(stop_job, job, None, queue=False)
     gallery.select(show_info, infotexts, info)
-    return (list_cloud_models, [checkpoint, vae], [checkpoint, vae, result]), \
+    return (list_cloud_models, [checkpoint, vae, extras], listing_outputs), \
         (list_serving, [endpoint, watch.page], [endpoint, result])

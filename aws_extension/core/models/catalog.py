@@ -3,7 +3,11 @@
 Layout: the models under `models/<folder>/<name>`, nothing else there, so a listing is one LIST per 1,000 models.
 Each model's record at `records/<folder>/<name>.json`, and an empty marker `hashes/<sha256>/<folder>/<name>`, so
 an infotext's short hash is found by one LIST of `hashes/<short>` rather than by reading every record. Records
-that older versions kept beside the model (`<key>.json`) move to this layout when a listing meets them."""
+that older versions kept beside the model (`<key>.json`) move to this layout when a listing meets them.
+
+What a record says of the model's base (sd1, sdxl...) is copied into an empty marker `bases/<folder>/<base>/<name>`
+the first time a listing needs it, so the lists that show only the models fitting a checkpoint read the bases of a
+whole folder with one LIST per 1,000 models instead of a GET per model."""
 
 from __future__ import annotations
 
@@ -11,16 +15,19 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..aws import Aws, is_not_found, iso, translate
 from ..compat import BaseModel
 from ..errors import NotFound
+from .detect import BASE_NAMES
 from .types import has_model_extension, model_type, type_of_key
 
 MODELS = "models/"
 RECORDS = "records/"
 HASHES = "hashes/"
+BASES = "bases/"
+UNKNOWN_BASE = "unknown"  # a marker's base when the record names none
 RECORD_SUFFIX = ".json"
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,12 @@ def legacy_record_key(key: str) -> str:
 
 def hash_key(sha256: str, key: str) -> str:
     return f"{HASHES}{sha256.lower()}/{key[len(MODELS):]}"
+
+
+def base_marker(key: str, base: Optional[str]) -> str:
+    """The marker that says the model at `key` (under models/) is for `base` (None or unknown: the record says none)."""
+    folder, _, name = key[len(MODELS):].partition("/")
+    return f"{BASES}{folder}/{base if base in BASE_NAMES else UNKNOWN_BASE}/{name}"
 
 
 def write_record(aws: Aws, record: ModelRecord) -> None:
@@ -173,6 +186,76 @@ def _listed(aws: Aws, prefix: str) -> Tuple[List[CloudModel], List[str]]:
     return models, legacy
 
 
+def _stamps(aws: Aws, prefix: str) -> Dict[str, datetime]:
+    """Every key under prefix with its LastModified (one LIST per 1,000 keys)."""
+    with translate(f"listing {aws.s3_uri(prefix)}"):
+        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
+        return {obj["Key"]: obj["LastModified"] for page in pages for obj in page.get("Contents", [])}
+
+
+def list_models_with_bases(aws: Aws, type_name: str) -> List[CloudModel]:
+    """list_models of one type, each with the base its record names (None where it names none or there is no
+    record). Three LISTs per 1,000 models: the models, their records and the base markers. A record newer than
+    its model's marker (a new upload, or a record written before markers existed) is read once, one GET, and its
+    marker written; that is best effort: a model whose record cannot be read lists with base None."""
+    t = model_type(type_name)
+    folder = t.prefix[len(MODELS):]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        listed = pool.submit(list_models, aws, t.id)
+        records = pool.submit(_stamps, aws, RECORDS + folder)
+        markers = pool.submit(_stamps, aws, BASES + folder)
+        models, records, markers = listed.result(), records.result(), markers.result()
+    marked: Dict[str, List[Tuple[datetime, str, str]]] = {}  # model key -> (when, base, marker key)
+    for marker, when in markers.items():
+        base, _, name = marker[len(BASES + folder):].partition("/")
+        if (base in BASE_NAMES or base == UNKNOWN_BASE) and name and "/" not in name:
+            marked.setdefault(t.prefix + name, []).append((when, base, marker))
+    stale: List[str] = []  # markers of an earlier record of the same model
+    unread: List[CloudModel] = []
+    for m in models:
+        written = records.get(record_key(m.key))
+        if written is None:
+            continue  # no record (another tool put it there): nothing says its base
+        found = sorted(marked.get(m.key, []), reverse=True)
+        # strictly newer: a marker made within the record's second might have read the one before it
+        if found and found[0][0] > written:
+            m.base = found[0][1] if found[0][1] in BASE_NAMES else None
+            stale += [marker for _, _, marker in found[1:]]
+        else:
+            unread.append(m)
+            stale += [marker for _, _, marker in found]
+
+    def read(m: CloudModel) -> Optional[str]:
+        record = read_record(aws, m.key, legacy=False)
+        base = record.base if record and record.base in BASE_NAMES else None
+        marker = base_marker(m.key, base)
+        aws.client("s3").put_object(Bucket=aws.bucket, Key=marker, Body=b"")
+        return marker
+
+    def safely(m: CloudModel) -> Optional[str]:
+        try:
+            return read(m)
+        except Exception as exc:  # noqa: BLE001 - the listing must not fail for it: the model shows for any base
+            log.warning("Amazon SageMaker: could not read the base of %s: %s", m.key, exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        written_markers = list(pool.map(safely, unread))
+    for m, marker in zip(unread, written_markers):
+        if marker:
+            base = marker[len(BASES + folder):].partition("/")[0]
+            m.base = base if base in BASE_NAMES else None
+    rewritten = set(written_markers)
+    stale = [k for k in stale if k not in rewritten]
+    for i in range(0, len(stale), 1000):
+        try:
+            aws.client("s3").delete_objects(Bucket=aws.bucket, Delete={
+                "Objects": [{"Key": k} for k in stale[i:i + 1000]], "Quiet": True})
+        except Exception as exc:  # noqa: BLE001 - the newest marker wins anyway
+            log.warning("Amazon SageMaker: could not remove stale base markers: %s", exc)
+    return models
+
+
 def head_model(aws: Aws, key: str) -> Optional[dict]:
     try:
         return aws.client("s3").head_object(Bucket=aws.bucket, Key=key)
@@ -267,6 +350,7 @@ def delete_model(aws: Aws, type_name: str, name: str) -> None:
     record = read_record(aws, key)
     gone = [key, record_key(key), legacy_record_key(key)]
     gone += [hash_key(record.sha256, key)] if record and record.sha256 else []
+    gone += [base_marker(key, base) for base in (*BASE_NAMES, None)]
     with translate(f"deleting {aws.s3_uri(key)}"):
         aws.client("s3").delete_objects(
             Bucket=aws.bucket, Delete={"Objects": [{"Key": k} for k in gone], "Quiet": True}

@@ -1,17 +1,20 @@
 """The cloud models a request names: by file name, name without extension, WebUI title or model hash, each with a
-few requests whatever the number of models; and the forms' lists of checkpoints and VAEs."""
+few requests whatever the number of models; and the forms' lists of checkpoints, VAEs, LoRAs and embeddings, those
+made for another base model than the chosen checkpoint left out."""
 
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from ...contract.prompt_tags import extract_networks
 from ...contract.request import BadRequest
 from ..aws import Aws
 from ..errors import NotFound, Refused
-from .catalog import CloudModel, find_by_hash, list_models, model_at, models_with_stem, read_record
+from .catalog import (CloudModel, find_by_hash, list_models, list_models_with_bases, model_at, models_with_stem,
+                      read_record)
 from .detect import BASE_NAMES
 from .types import MODEL_EXTENSIONS, has_model_extension, model_type
 
@@ -28,6 +31,118 @@ def cloud_checkpoints(aws: Aws) -> List[str]:
 
 def cloud_vaes(aws: Aws) -> List[str]:
     return [OWN_VAE] + [m.name for m in list_models(aws, "vae")]
+
+
+# -- what fits the checkpoint ---------------------------------------------------------------------------------------
+KIND_PLURALS = {"LoRA": "LoRAs", "embedding": "embeddings", "VAE": "VAEs"}
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A LoRA or an embedding as a prompt names it: `name` is its file name without the extension."""
+
+    type: str  # "lora" or "embedding"
+    name: str
+    base: Optional[str] = None  # what its record says; None: unknown
+
+    @property
+    def kind(self) -> str:
+        return "LoRA" if self.type == "lora" else "embedding"
+
+    @property
+    def label(self) -> str:
+        """As a list offers it: "detail (LoRA)", "bad-hands (embedding)"."""
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def tag(self) -> str:
+        """What goes into the prompt, as the WebUI's extra networks write it (a LoRA at weight 1)."""
+        return f"<lora:{self.name}:1>" if self.type == "lora" else self.name
+
+    def pattern(self) -> re.Pattern:
+        """Where the prompt uses it: the LoRA's tag at any weight, or the embedding's name as a word of its own."""
+        if self.type == "lora":
+            return re.compile(r"<lora:" + re.escape(self.name) + r"(?::[^>]*)?>")
+        return re.compile(r"(?<![^\s,(\[])" + re.escape(self.name) + r"(?![^\s,)\]:])")
+
+
+@dataclass
+class GenerateModels:
+    """What Generate offers: the checkpoints' names, and the VAEs, LoRAs and embeddings with their bases."""
+
+    checkpoints: List[str] = field(default_factory=list)
+    vaes: List[CloudModel] = field(default_factory=list)
+    extras: List[Extra] = field(default_factory=list)
+
+
+@dataclass
+class Fitting:
+    """The VAE names (OWN_VAE first) and the extras that fit a checkpoint, and a line saying what was left out."""
+
+    vaes: List[str]
+    extras: List[Extra]
+    hidden: str = ""
+
+
+def generate_models(aws: Aws) -> GenerateModels:
+    """The four folders side by side: the checkpoints with one LIST per 1,000, the others with their bases
+    (list_models_with_bases: three LISTs per 1,000, no GET once their bases are marked)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        checkpoints = pool.submit(list_models, aws, "checkpoint")
+        vaes, loras, embeddings = (pool.submit(list_models_with_bases, aws, t) for t in ("vae", "lora", "embedding"))
+        checkpoints, vaes, loras, embeddings = (f.result() for f in (checkpoints, vaes, loras, embeddings))
+    embeddings = [m for m in embeddings if m.name.lower().endswith(EMBEDDING_EXTENSIONS)]
+    extras = [Extra(t, stem, m.base) for t, models in (("lora", loras), ("embedding", embeddings))
+              for stem, m in sorted(_preferred(models).items(), key=lambda item: item[0].lower())]
+    return GenerateModels([m.name for m in checkpoints], vaes, extras)
+
+
+def checkpoint_base(aws: Aws, name: Optional[str]) -> Optional[str]:
+    """The base the checkpoint's record names (one GET); None when it names none, or no checkpoint is chosen."""
+    return _recorded_base(aws, model_type("checkpoint").key(name)) if name and "/" not in name else None
+
+
+def fits(base: Optional[str], checkpoint: Optional[str]) -> bool:
+    """A model goes with the checkpoint unless both bases are known and differ: an unknown one (an older record,
+    a header that did not say) is never left out."""
+    return not base or not checkpoint or base == checkpoint
+
+
+def hidden_text(hidden: Sequence[tuple], checkpoint: Optional[str]) -> str:
+    """"3 LoRAs for SDXL, 1 VAE for SD 2.x hidden: the checkpoint is SD 1.x." for (kind, base) pairs left out."""
+    if not hidden or checkpoint not in BASE_NAMES:
+        return ""
+    counts: Dict[tuple, int] = {}
+    order = {kind: i for i, kind in enumerate(KIND_PLURALS)}
+    bases = list(BASE_NAMES)
+    for kind, base in sorted(hidden, key=lambda kb: (order[kb[0]], bases.index(kb[1]))):
+        counts[(kind, base)] = counts.get((kind, base), 0) + 1
+    parts = [f"{n} {kind if n == 1 else KIND_PLURALS[kind]} for {BASE_NAMES[base]}" for (kind, base), n in counts.items()]
+    return f"{', '.join(parts)} hidden: the checkpoint is {BASE_NAMES[checkpoint]}."
+
+
+def fitting(models: GenerateModels, checkpoint: Optional[str]) -> Fitting:
+    """The VAEs and extras that go with a checkpoint of base `checkpoint` (None: unknown, all of them)."""
+    vaes = [m.name for m in models.vaes if fits(m.base, checkpoint)]
+    extras = [e for e in models.extras if fits(e.base, checkpoint)]
+    hidden = [("VAE", m.base) for m in models.vaes if not fits(m.base, checkpoint)]
+    hidden += [(e.kind, e.base) for e in models.extras if not fits(e.base, checkpoint)]
+    return Fitting([OWN_VAE] + vaes, extras, hidden_text(hidden, checkpoint))
+
+
+def add_to_prompt(prompt: str, extra: Extra) -> str:
+    """The prompt with the extra's tag at the end, after a space (unless the prompt already uses it)."""
+    text = prompt or ""
+    if extra.pattern().search(text):
+        return text
+    return text + (" " if text and not text[-1].isspace() else "") + extra.tag
+
+
+def remove_from_prompt(prompt: str, extra: Extra) -> str:
+    """The prompt without the extra: every use of it, with the separator before it (a comma and spaces)."""
+    text = prompt or ""
+    removed = re.sub(r"(?:[ \t]*,)?[ \t]*" + extra.pattern().pattern, "", text)
+    return removed.lstrip(" \t,") if text[:1] not in (" ", "\t", ",") else removed
 
 
 # -- models ---------------------------------------------------------------------------------------------------------
