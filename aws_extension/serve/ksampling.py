@@ -76,8 +76,9 @@ class Guidance:
     def _unet(self, x: torch.Tensor, t: torch.Tensor, half: dict) -> torch.Tensor:
         kwargs = {"added_cond_kwargs": half["added"]} if half.get("added") else {}
         context = half["context"]
-        return self.unet(x.to(context.dtype), t.reshape(-1).expand(x.shape[0]).to(x.device),
-                         encoder_hidden_states=context, **kwargs).sample.float()
+        # a contiguous timestep: a compiled graph is guarded on strides, and its warm-up ran on contiguous copies
+        t = t.reshape(-1).expand(x.shape[0]).contiguous().to(x.device)
+        return self.unet(x.to(context.dtype), t, encoder_hidden_states=context, **kwargs).sample.float()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.uncond["context"].shape == self.cond["context"].shape:

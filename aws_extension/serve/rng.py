@@ -14,7 +14,7 @@ draw (an ancestral sampler's noise at each step) continues from it.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch

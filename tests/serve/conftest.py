@@ -129,6 +129,16 @@ class Server:
         self.log.close()
 
 
+@pytest.fixture(scope="module")
+def engine(cloud, tmp_path_factory):
+    """An in-process engine on the CPU over the emulator's models (the fidelity tests compare its pictures)."""
+    from aws_extension.serve.cache import ModelCache
+    from aws_extension.serve.engine import Engine
+
+    folder = tmp_path_factory.mktemp("fidelity")
+    return Engine(ModelCache(cloud["aws"], folder / "models", 1024 ** 3), folder, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def server(cloud, tmp_path_factory):
     s = Server(cloud["env"], tmp_path_factory.mktemp("server") / "cache")

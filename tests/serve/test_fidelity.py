@@ -227,12 +227,6 @@ def reference_picture(pipe, req, sampler: str, karras: bool = False, pad: bool =
     return np.asarray(pipe.image_processor.postprocess(image, output_type="pil")[0])
 
 
-@pytest.fixture(scope="module")
-def engine(cloud, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fidelity")
-    return Engine(ModelCache(cloud["aws"], folder / "models", 1024 ** 3), folder, device="cpu")
-
-
 # (the WebUI's sampler and schedule type, the reference's sampler, Karras sigmas)
 MATRIX = [("Euler a", "Automatic", "euler_a", False), ("Euler", "Automatic", "euler", False),
           ("Euler", "Karras", "euler", True), ("DPM++ 2M", "Automatic", "dpmpp_2m", True),

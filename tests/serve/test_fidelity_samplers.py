@@ -16,7 +16,7 @@ from PIL import Image
 from aws_extension.contract.request import parse_request
 from aws_extension.serve.masks import prepare
 from aws_extension.serve.prompts import encode_prompts
-from test_fidelity import SAME_PICTURE_DB, engine, init_png, k_sample, psnr, request  # noqa: F401 (fixture)
+from test_fidelity import SAME_PICTURE_DB, init_png, k_sample, psnr, request
 
 
 def img2img(cloud, **payload):
