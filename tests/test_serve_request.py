@@ -81,7 +81,6 @@ def test_values_are_taken():
     ("restore_faces", body(restore_faces=True)), ("styles", body(styles=["mine"])),
     ("override_settings.sd_vae", body(override_settings={"CLIP_stop_at_last_layers": 2, "sd_vae": "x.pt"})),
     ("CLIP_stop_at_last_layers", body(override_settings={"CLIP_stop_at_last_layers": 0})),
-    ("subseed_strength", body("img2img", init_images=[PNG], subseed_strength=0.5, sampler_name="DDIM")),
     ("scheduler", body(sampler_name="Euler a", scheduler="Uniform")),
     ("save_images", body(save_images=True)),
     ("inpainting_fill", body("img2img", init_images=[PNG], inpainting_fill=0)),
@@ -180,3 +179,11 @@ def test_infotext_leaves_out_what_is_empty():
                     "Size: 512x512, Model hash: 0123456789, Model: m, Variation seed: 9, Variation seed strength: 0.2")
     back = parse_infotext(text)
     assert back["Prompt"] == "a dog" and back["Negative prompt"] == "" and back["Variation seed"] == "9"
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC"])
+def test_img2img_takes_a_variation_seed_a_mask_and_nv_noise_with_every_sampler(sampler):
+    """The WebUI accepts these together with any sampler, and the endpoint samples them its way (serve/sampling.py)."""
+    r = parse_request(body("img2img", init_images=[PNG], mask=PNG, subseed=3, subseed_strength=0.5,
+                           sampler_name=sampler, override_settings={"randn_source": "NV"}))
+    assert (r.sampler_name, r.subseed_strength, r.randn_source, r.mask) == (sampler, 0.5, "NV", PNG)
