@@ -54,6 +54,8 @@ def run(kind: str, predict: NoisePredictor, noise: torch.Tensor, init: Optional[
         timesteps = timesteps[:t_enc]
     if kind == "ddim":
         return ddim(predict, x, timesteps, alphas, on_step)
+    if not len(timesteps):  # a strength below 1 / steps leaves nothing to walk (the WebUI's UniPC fails there)
+        return x
     top = 999.0 if init is None else float(timesteps[-1])
     return unipc(predict, x, top, len(timesteps), alphas, on_step)
 

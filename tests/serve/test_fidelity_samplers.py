@@ -159,6 +159,8 @@ def test_timestep_samplers_walk_the_webuis_timesteps(engine, cloud):
         [round(999 - 999 / 8 * i, 3) for i in range(8)]
     assert unet_times(engine, img2img(cloud, sampler_name="DDIM")) == [376, 251, 126]
     assert unet_times(engine, img2img(cloud, sampler_name="UniPC")) == [376, 282, 188, 94]
+    # a strength below 1 / steps: nothing to walk, the picture is the init image's (not an error)
+    assert unet_times(engine, img2img(cloud, sampler_name="UniPC", denoising_strength=0.1)) == []
 
 
 def test_unipc_on_whole_timesteps_is_the_authors_sampler_as_diffusers_runs_it(engine, cloud):
