@@ -6,7 +6,7 @@ import contextlib
 import re
 import threading
 from datetime import datetime, timezone
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import boto3
 import botocore.exceptions as bex
@@ -78,6 +78,12 @@ class Aws:
     @property
     def bucket(self) -> str:
         return self.settings.bucket or default_bucket(self.account_id, self.region)
+
+    def objects(self, prefix: str, what: str = "listing") -> List[dict]:
+        """Every object under prefix in the bucket (one LIST per 1,000 keys), S3's errors in words."""
+        with translate(f"{what} {self.s3_uri(prefix)}"):
+            pages = self.client("s3").get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [obj for page in pages for obj in page.get("Contents", [])]
 
     def s3_uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"

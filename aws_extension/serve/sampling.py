@@ -14,7 +14,7 @@ from .ksampling import BrownianNoise, Blend, Denoiser, Guidance, img2img_sigmas,
 from .masks import Mask
 
 
-def conditioning(pipe, req, embeds: dict, n: int) -> List[dict]:
+def conditioning(req, embeds: dict, n: int) -> List[dict]:
     """[uncond, cond]: each half's text states, and SDXL's pooled text and size as the WebUI conditions it."""
     halves = []
     for prefix in ("negative_", ""):
@@ -44,7 +44,7 @@ def generate(pipe, req, embeds: dict, inits: Optional[list], mask: Optional[Mask
     n = len(seeds)
     shape = (pipe.unet.config.in_channels, req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor)
     init = encode(pipe, inits, seeds, device) if inits is not None else None
-    guidance = Guidance(pipe.unet, *conditioning(pipe, req, embeds, n), req.cfg_scale)
+    guidance = Guidance(pipe.unet, *conditioning(req, embeds, n), req.cfg_scale)
     blend = Blend(init, mask.keep(*shape).to(device)) if mask is not None else None
     first = noise.first(shape).to(device, torch.float32)
     if req.sampler_id in timesteps.TIMESTEP_SAMPLERS:

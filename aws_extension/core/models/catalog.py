@@ -170,27 +170,22 @@ def _listed(aws: Aws, prefix: str) -> Tuple[List[CloudModel], List[str]]:
     """The models under prefix, and the records an older version kept beside them."""
     models: List[CloudModel] = []
     legacy: List[str] = []
-    with translate(f"listing {aws.s3_uri(prefix)}"):
-        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                t = type_of_key(obj["Key"])
-                name = obj["Key"][len(t.prefix):] if t else ""
-                if t and name.endswith(RECORD_SUFFIX) and has_model_extension(name[:-len(RECORD_SUFFIX)]):
-                    legacy.append(obj["Key"])
-                if not t or "/" in name or not has_model_extension(name):
-                    continue  # anything not a model
-                models.append(CloudModel(
-                    type=t.id, name=name, key=obj["Key"], size=obj["Size"], last_modified=iso(obj["LastModified"]),
-                ))
+    for obj in aws.objects(prefix):
+        t = type_of_key(obj["Key"])
+        name = obj["Key"][len(t.prefix):] if t else ""
+        if t and name.endswith(RECORD_SUFFIX) and has_model_extension(name[:-len(RECORD_SUFFIX)]):
+            legacy.append(obj["Key"])
+        if not t or "/" in name or not has_model_extension(name):
+            continue  # anything not a model
+        models.append(CloudModel(
+            type=t.id, name=name, key=obj["Key"], size=obj["Size"], last_modified=iso(obj["LastModified"]),
+        ))
     return models, legacy
 
 
 def _stamps(aws: Aws, prefix: str) -> Dict[str, datetime]:
     """Every key under prefix with its LastModified (one LIST per 1,000 keys)."""
-    with translate(f"listing {aws.s3_uri(prefix)}"):
-        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
-        return {obj["Key"]: obj["LastModified"] for page in pages for obj in page.get("Contents", [])}
+    return {obj["Key"]: obj["LastModified"] for obj in aws.objects(prefix)}
 
 
 def list_models_with_bases(aws: Aws, type_name: str) -> List[CloudModel]:
@@ -303,9 +298,7 @@ def find_by_hash(aws: Aws, type_name: str, short_hash: str) -> List[CloudModel]:
     record read per hit to confirm it (a marker left by a replaced model is removed)."""
     t = model_type(type_name)
     prefix = HASHES + short_hash.lower()
-    with translate(f"looking up {aws.s3_uri(prefix)}"):
-        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
-        markers = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    markers = [obj["Key"] for obj in aws.objects(prefix, "looking up")]
     found = []
     for marker in markers:
         sha256, _, rest = marker[len(HASHES):].partition("/")

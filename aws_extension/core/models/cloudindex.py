@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..aws import Aws, translate
+from ..aws import Aws
 from .catalog import HASHES, MODELS, hash_key, head_model, read_record
 from .types import ModelType, type_of_key
 
@@ -37,12 +37,10 @@ class CloudIndex:
     @classmethod
     def load(cls, aws: Aws) -> "CloudIndex":
         markers = []
-        with translate(f"listing {aws.s3_uri(HASHES)}"):
-            for page in aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=HASHES):
-                for obj in page.get("Contents", []):
-                    sha, _, rest = obj["Key"][len(HASHES):].partition("/")
-                    if len(sha) == 64 and rest:
-                        markers.append((sha, MODELS + rest))
+        for obj in aws.objects(HASHES):
+            sha, _, rest = obj["Key"][len(HASHES):].partition("/")
+            if len(sha) == 64 and rest:
+                markers.append((sha, MODELS + rest))
         return cls(aws, markers)
 
     def add(self, sha: str, key: str) -> None:
@@ -67,12 +65,7 @@ class CloudIndex:
                 for key, head in zip(keys, pool.map(lambda k: head_model(self.aws, k), keys)):
                     self.sizes[key] = head["ContentLength"] if head else None
             return
-        listed: Dict[str, int] = {}
-        with translate(f"listing {self.aws.s3_uri(prefix)}"):
-            pages = self.aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=self.aws.bucket,
-                                                                                    Prefix=prefix)
-            for page in pages:
-                listed.update((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
+        listed = {obj["Key"]: obj["Size"] for obj in self.aws.objects(prefix)}
         for key in known + keys:
             self.sizes[key] = listed.get(key)
 
